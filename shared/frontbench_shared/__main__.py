@@ -1,0 +1,3 @@
+from frontbench_shared.cli import main
+
+raise SystemExit(main())
