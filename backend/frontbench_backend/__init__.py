@@ -1,0 +1,1 @@
+"""The FastAPI backend that serves the digits model."""

@@ -1,0 +1,1 @@
+"""The Dash frontend of frontbench."""

@@ -1,0 +1,1 @@
+"""The Gradio frontend of frontbench."""

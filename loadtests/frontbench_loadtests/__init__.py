@@ -1,0 +1,1 @@
+"""Locust users for every setup and the backend scaling experiment."""

@@ -1,0 +1,78 @@
+"""Exceptions raised by the client, each carrying the backend's message.
+
+A frontend catches `BackendError` around every call and shows
+`user_message(error)` to the person using it: one sentence on what happened
+and one on what to do.
+"""
+
+from __future__ import annotations
+
+from frontbench_shared.api import ErrorKind
+
+
+class BackendError(Exception):
+    """The backend answered with an error, or could not be asked at all.
+
+    Attributes:
+        message: The backend's own explanation, or the client's when the
+            backend gave none.
+        status_code: The HTTP status, or None when no answer came.
+        kind: The error kind the backend reported, when it reported one.
+        request_id: The `X-Request-ID` of the failed request, when known.
+        url: The URL that was requested.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        kind: ErrorKind | None = None,
+        request_id: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.kind = kind
+        self.request_id = request_id
+        self.url = url
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached, or answered 503 after every retry."""
+
+
+class BackendTimeout(BackendUnavailable):
+    """The backend did not answer within the client's timeout."""
+
+
+class InvalidImage(BackendError):
+    """The backend rejected the upload as not a usable image (415 or 422)."""
+
+
+class PayloadTooLarge(BackendError):
+    """The upload, or the image it decodes to, is over the backend's limit (413)."""
+
+
+def user_message(error: BackendError) -> str:
+    """Return a short message for a person: what happened and what to do."""
+    if isinstance(error, BackendTimeout):
+        return (
+            "The model backend did not answer in time. It may be busy or "
+            "stuck; try again in a moment."
+        )
+    if isinstance(error, BackendUnavailable):
+        where = f" at {error.url}" if error.url else ""
+        return (
+            f"The model backend{where} is not reachable. Start it with "
+            "'frontbench backend' (or check BACKEND_URL) and try again."
+        )
+    if isinstance(error, InvalidImage):
+        return (
+            f"This file could not be used as an image: {error.message} "
+            "Upload a PNG, JPEG, WebP, BMP, GIF or TIFF picture of one digit."
+        )
+    if isinstance(error, PayloadTooLarge):
+        return f"This file is too large: {error.message} Upload a smaller image."
+    return f"The model backend failed to answer: {error.message} Try again."
