@@ -73,6 +73,45 @@ def backend_url(start_backend: StartBackend) -> str:
     return start_backend()
 
 
+StartFrontend = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def start_frontend() -> Iterator[StartFrontend]:
+    """Return a function that starts a real frontend server and returns its URL.
+
+    `start_frontend("dash", backend_url, FRONTBENCH_DASH_WORKERS="1")` runs
+    `frontbench frontend dash` on a free port with those environment variables,
+    waits until the framework's ready path answers, and stops it at the end of
+    the test run.
+    """
+    import importlib
+
+    started: list[ManagedProcess] = []
+
+    def start(framework: str, backend_url: str, **env: str) -> str:
+        cli = importlib.import_module(f"frontbench_{framework}.cli")
+        port = free_port(HOST)
+        process = ManagedProcess(
+            f"{framework}-{port}",
+            python_argv(
+                "-m", "frontbench_shared.cli", "frontend", framework,
+                "--host", HOST, "--port", str(port), "--backend-url", backend_url,
+            ),
+            env=env,
+        )
+        started.append(process.start())
+        url = f"http://{HOST}:{port}"
+        process.wait_ready(url + cli.READY_PATH)
+        return url
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
 @pytest.fixture(scope="session")
 def examples() -> list[Example]:
     """Return the example digits shipped with the shared package."""
