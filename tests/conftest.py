@@ -20,7 +20,20 @@ HOST = "127.0.0.1"
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Train the default model once per test run and return its checkpoint."""
+    """Train the default model once per test run and return its checkpoint.
+
+    Set FRONTBENCH_TEST_CHECKPOINT to the path of a checkpoint that
+    `frontbench train` wrote to reuse it and skip the training.
+    """
+    reused = os.environ.get("FRONTBENCH_TEST_CHECKPOINT")
+    if reused:
+        if not Path(reused).is_file():
+            pytest.fail(
+                f"FRONTBENCH_TEST_CHECKPOINT={reused!r} is not a file; train one "
+                "with 'frontbench train' or unset the variable"
+            )
+        return Path(reused)
+
     pytest.importorskip("torch")
     from frontbench_backend.training import train_and_save
 
