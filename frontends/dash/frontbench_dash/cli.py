@@ -1,0 +1,163 @@
+"""`frontbench frontend dash`: serve the Dash app with gunicorn in the foreground.
+
+gunicorn's arbiter runs in this process and forks the worker processes. It
+stops them all on SIGTERM (gracefully) or SIGINT (at once) and then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from pydantic import ValidationError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8050
+# The Dash index page, which answers 200 once a worker serves requests.
+READY_PATH = "/"
+
+_ENV_PREFIX = "FRONTBENCH_DASH_"
+_BACKEND_URL_ENV = "BACKEND_URL"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser of `frontbench frontend dash`."""
+    parser = argparse.ArgumentParser(
+        prog="frontbench frontend dash",
+        description=(
+            "Serve the Dash app with gunicorn (gthread workers). Each option "
+            "overrides its environment variable; FRONTBENCH_DASH_WORKERS and "
+            "FRONTBENCH_DASH_THREADS set the concurrency."
+        ),
+    )
+    parser.add_argument(
+        "--host",
+        help="interface to listen on (FRONTBENCH_DASH_HOST; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"TCP port to listen on (FRONTBENCH_DASH_PORT; default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--backend-url",
+        help="base URL of the model backend (BACKEND_URL; default "
+        "http://127.0.0.1:8000)",
+    )
+    return parser
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application configured from a dict instead of its CLI."""
+
+    def __init__(self, options: dict[str, Any], load_app: Callable[[], Any]) -> None:
+        self._options = options
+        self._load_app = load_app
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._options.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        return self._load_app()
+
+
+def _configure_logging() -> None:
+    # gunicorn gives its own loggers handlers of their own. The app's loggers
+    # propagate to this root handler, which the forked workers inherit, in
+    # gunicorn's line format.
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "gunicorn": {
+                    "format": "%(asctime)s [%(process)d] [%(levelname)s] "
+                    "%(name)s: %(message)s",
+                    "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+                }
+            },
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "gunicorn",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "root": {"level": "INFO", "handlers": ["stderr"]},
+        }
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for detail in error.errors():
+        field = str(detail["loc"][0]) if detail["loc"] else "?"
+        name = field if field == _BACKEND_URL_ENV else _ENV_PREFIX + field.upper()
+        lines.append(f"  {name}={detail.get('input')!r}: {detail['msg']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Start gunicorn with the Dash app and return its exit status."""
+    args = build_parser().parse_args(argv)
+    # The settings are read from the environment, in this process and in
+    # every worker, so the options are passed on as environment variables.
+    overrides = {
+        _ENV_PREFIX + "HOST": args.host,
+        _ENV_PREFIX + "PORT": args.port,
+        _BACKEND_URL_ENV: args.backend_url,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+
+    try:
+        # Importing the app reads the settings. The workers are forked from
+        # this process and so inherit the app without importing it again.
+        from frontbench_dash import app as dash_app
+    except ValidationError as exc:
+        print(
+            "frontbench frontend dash: invalid settings:\n" + _describe(exc),
+            file=sys.stderr,
+        )
+        return 2
+
+    settings = dash_app.settings
+    options: dict[str, Any] = {
+        "bind": f"{settings.host}:{settings.port}",
+        "worker_class": "gthread",
+        "workers": settings.workers,
+        "threads": settings.threads,
+        "graceful_timeout": settings.graceful_timeout_s,
+        "accesslog": "-" if settings.access_log else None,
+        "errorlog": "-",
+        "proc_name": "frontbench-dash",
+        # gunicorn 27 opens a control socket at one fixed path in the home
+        # folder, which a second server on the same machine would take over.
+        "control_socket_disable": True,
+    }
+    _configure_logging()
+    logger.info(
+        "starting the Dash app on http://%s:%d with gunicorn: %d workers x %d "
+        "threads, backend %s, max upload %d bytes",
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.threads,
+        settings.backend_url,
+        settings.max_upload_bytes,
+    )
+    try:
+        _Gunicorn(options, lambda: dash_app.server).run()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
