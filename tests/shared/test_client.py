@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
+
 from frontbench_shared import client as client_module
 from frontbench_shared.api import (
     PREDICT_PATH,
@@ -41,7 +43,6 @@ from frontbench_shared.errors import (
 )
 from frontbench_shared.examples import Example
 from frontbench_shared.processes import free_port
-from PIL import Image
 
 FAST_RETRIES = Retries(attempts=3, backoff=0.01, max_backoff=0.05)
 FAKE_URL = "http://backend.test"

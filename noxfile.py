@@ -1,0 +1,113 @@
+"""Developer and CI tasks for frontbench.
+
+`nox` runs lint, typecheck and tests. `nox --list` shows every session, and
+`nox -s NAME -- ARGS` passes ARGS through to the session's command. Sessions
+install the project with pip into their own virtualenv, and `nox -r` reuses
+them between runs.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+# The same versions as in .pre-commit-config.yaml, so that both agree.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+# mkdocs.yml uses the Material theme and pymdown extensions.
+DOCS_REQUIREMENTS = ("mkdocs>=1.6", "mkdocs-material>=9.5", "pymdown-extensions>=10")
+
+# Every setup, with two backend sizes and short runs: enough to show that each
+# setup serves requests, far too short for figures worth comparing.
+LOADTEST_SMOKE_ARGS = (
+    "--replicas", "1,2",
+    "--users", "4",
+    "--spawn-rate", "4",
+    "--duration", "10",
+    "--warmup", "2",
+)  # fmt: skip
+
+PACKAGES = (
+    "frontbench_shared",
+    "frontbench_backend",
+    "frontbench_streamlit",
+    "frontbench_dash",
+    "frontbench_gradio",
+    "frontbench_loadtests",
+)
+PYTHON_PATHS = ("shared", "backend", "frontends", "loadtests", "tests", "noxfile.py")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite with pytest; arguments after `--` go to pytest."""
+    session.install("-e", ".[all,test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check the code with ruff's linter and formatter."""
+    session.install(RUFF)
+    session.run("ruff", "check", *PYTHON_PATHS)
+    session.run("ruff", "format", "--check", *PYTHON_PATHS)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Check the types of every package with mypy --strict."""
+    session.install("-e", ".[all,test]", MYPY)
+    package_options = [option for name in PACKAGES for option in ("-p", name)]
+    session.run("mypy", "--strict", *package_options, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measure the backend's inference latency and throughput."""
+    session.install("-e", ".[backend]")
+    session.run("python", "-m", "frontbench_backend.benchmark", *session.posargs)
+
+
+@nox.session
+def loadtest(session: nox.Session) -> None:
+    """Run a short smoke version of the scaling experiment with Locust."""
+    session.install("-e", ".[all]")
+    session.run("frontbench", "bench", *(session.posargs or LOADTEST_SMOKE_ARGS))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs, failing on any warning."""
+    session.install("-e", ".", *DOCS_REQUIREMENTS)
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Run the tests marked gpu, which need a CUDA device."""
+    session.install("-e", ".[all,test]")
+    session.run("pytest", "-m", "gpu", *session.posargs)
+
+
+def _run_up(session: nox.Session, framework: str) -> None:
+    session.install("-e", f".[backend,{framework}]")
+    session.run("frontbench", "up", framework, *session.posargs)
+
+
+@nox.session
+def streamlit(session: nox.Session) -> None:
+    """Start the backend and the Streamlit frontend (frontbench up streamlit)."""
+    _run_up(session, "streamlit")
+
+
+@nox.session
+def dash(session: nox.Session) -> None:
+    """Start the backend and the Dash frontend (frontbench up dash)."""
+    _run_up(session, "dash")
+
+
+@nox.session
+def gradio(session: nox.Session) -> None:
+    """Start the backend and the Gradio frontend (frontbench up gradio)."""
+    _run_up(session, "gradio")
