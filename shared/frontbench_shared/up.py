@@ -25,13 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+import httpx
+
 from frontbench_shared.api import READY_PATH
-from frontbench_shared.processes import (
-    DEFAULT_READY_TIMEOUT,
-    ManagedProcess,
-    ProcessFailed,
-    python_argv,
-)
+from frontbench_shared.processes import ManagedProcess, python_argv
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +47,12 @@ REQUIRED_MODULES = {
     "gradio": ("frontbench_gradio", "gradio"),
 }
 
+# The backend trains its model before it starts to serve when the checkpoint
+# is missing. That takes minutes on a slow or busy CPU (an estimate), and it
+# counts toward this timeout.
+DEFAULT_READY_TIMEOUT = 900.0
 _POLL_INTERVAL = 0.2
+_PROBE_TIMEOUT = 2.0
 _LAST_LINES = 30
 _EXIT_USAGE = 2
 _EXIT_FAILED = 1
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         default=DEFAULT_READY_TIMEOUT,
         help=(
-            "seconds to wait for each server to respond before giving up "
+            "seconds to wait for every server to respond before giving up, "
+            "including the model training on a first start "
             f"(default {DEFAULT_READY_TIMEOUT:.0f})"
         ),
     )
@@ -361,6 +364,58 @@ def run(servers: Sequence[Server], *, ready_timeout: float) -> int:
     return status
 
 
+def _wait_until_ready(
+    servers: Sequence[Server],
+    processes: Sequence[ManagedProcess],
+    output: _Output,
+    timeout: float,
+) -> bool:
+    """Poll every server until all respond; return False once one exits or times out.
+
+    All servers are polled in turn, so a frontend that crashes at start is
+    reported at once, even while the backend is still training its model.
+    """
+    deadline = time.monotonic() + timeout
+    # Keyed by name, because a Server holds a list and so is not hashable.
+    pending = {
+        server.name: (server, process)
+        for server, process in zip(servers, processes, strict=True)
+    }
+    last_errors = {server.name: "no response yet" for server in servers}
+    with httpx.Client(timeout=_PROBE_TIMEOUT) as http:
+        while pending:
+            for process in processes:
+                if process.returncode is not None:
+                    output.error("failed to start: " + _describe_exit(process))
+                    return False
+
+            for server, process in list(pending.values()):
+                try:
+                    response = http.get(server.ready_url)
+                except httpx.HTTPError as exc:
+                    last_errors[server.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if response.status_code != 200:
+                    last_errors[server.name] = f"status {response.status_code}"
+                    continue
+                del pending[server.name]
+                output.status(
+                    f"{server.name} is ready at {server.url} (pid {process.pid})"
+                )
+
+            if pending and time.monotonic() > deadline:
+                for server, _ in pending.values():
+                    output.error(
+                        f"{server.name} did not respond at {server.ready_url} "
+                        f"within {timeout:.0f} s ({last_errors[server.name]}); "
+                        "pass a larger --ready-timeout if it is only slow"
+                    )
+                return False
+            if pending:
+                time.sleep(_POLL_INTERVAL)
+    return True
+
+
 def _start_and_watch(
     servers: Sequence[Server],
     processes: Sequence[ManagedProcess],
@@ -372,13 +427,8 @@ def _start_and_watch(
     for process in processes:
         process.start()
 
-    for server, process in zip(servers, processes, strict=True):
-        try:
-            process.wait_ready(server.ready_url, timeout=ready_timeout)
-        except ProcessFailed as exc:
-            output.error(f"{server.name} (pid {process.pid}) failed to start: {exc}")
-            return _EXIT_FAILED
-        output.status(f"{server.name} is ready at {server.url} (pid {process.pid})")
+    if not _wait_until_ready(servers, processes, output, ready_timeout):
+        return _EXIT_FAILED
 
     width = max(len(server.name) for server in servers)
     output.status("every server is ready; press Ctrl-C to stop them")

@@ -79,13 +79,14 @@ def run_up(checkpoint: Path) -> Iterator[Callable[..., UpRun]]:
     """Return a function that runs `frontbench up ARGS` and stops it afterwards."""
     runs: list[UpRun] = []
 
-    def start(*args: str) -> UpRun:
+    def start(*args: str, **env: str) -> UpRun:
         process = ManagedProcess(
             "up",
             python_argv("-m", "frontbench_shared.cli", "up", *args),
             env={
                 "FRONTBENCH_MODEL_PATH": str(checkpoint),
                 "FRONTBENCH_TORCH_THREADS": "1",
+                **env,
             },
         )
         run = UpRun(process.start(), [])
@@ -107,6 +108,20 @@ def run_up(checkpoint: Path) -> Iterator[Callable[..., UpRun]]:
             for child in run.descendants:
                 if child.is_running():
                     child.kill()
+
+
+def servers_started_with(options: list[str]) -> list[psutil.Process]:
+    """Return the running servers whose command line has the ports in `options`."""
+    ports = {option for option in options if option.isdigit()}
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        is_server = "frontbench_shared.cli" in cmdline and "up" not in cmdline
+        if not is_server or not ports & set(cmdline):
+            continue
+        if process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
 
 
 def installed_frameworks() -> list[str]:
@@ -179,6 +194,33 @@ def test_up_frontends_serve_and_stop(run_up: Callable[..., UpRun]) -> None:
     assert run.wait_for_exit() == 1
     assert f"{frameworks[0]} (pid {first_pid}) exited" in run.process.output(1000)
     assert run.alive_descendants() == [], "a server outlived frontbench up"
+
+
+def test_up_frontend_crash_at_start(run_up: Callable[..., UpRun]) -> None:
+    if "dash" not in installed_frameworks():
+        pytest.skip("the Dash frontend is not installed")
+    options = port_options(["dash"])
+    # An invalid setting makes the Dash command exit with status 2 at once.
+    run = run_up("dash", *options, FRONTBENCH_DASH_WORKERS="0")
+
+    assert run.wait_for_exit() == 1
+    output = run.process.output(1000)
+    assert "failed to start: dash (pid" in output
+    assert "exited with status 2" in output
+    assert "FRONTBENCH_DASH_WORKERS" in output, "the child's last lines are shown"
+    assert ALL_READY not in output
+    assert servers_started_with(options) == [], "the backend outlived frontbench up"
+
+
+def test_up_ready_timeout_stops_all(run_up: Callable[..., UpRun]) -> None:
+    options = port_options([])
+    run = run_up("--backend-only", "--ready-timeout", "0.1", *options)
+
+    assert run.wait_for_exit() == 1
+    output = run.process.output(1000)
+    assert "backend did not respond at" in output
+    assert "--ready-timeout" in output, "the message names the option to change"
+    assert servers_started_with(options) == [], "the backend outlived frontbench up"
 
 
 # Checks that run before anything starts, called in this process
