@@ -1,0 +1,5 @@
+import sys
+
+from frontbench_streamlit.cli import main
+
+raise SystemExit(main(sys.argv[1:]))

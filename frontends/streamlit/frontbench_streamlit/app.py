@@ -1,0 +1,332 @@
+"""Streamlit frontend: send a handwritten digit to the backend and show the prediction.
+
+Start it with `frontbench frontend streamlit`. Streamlit runs this file as a
+script from top to bottom on every interaction, in one thread per browser
+session, and keeps per-session values in `st.session_state`.
+"""
+
+# Imports.
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from frontbench_shared.api import ModelInfo, Prediction
+from frontbench_shared.client import Client, Retries
+from frontbench_shared.errors import BackendError, BackendUnavailable, user_message
+from frontbench_shared.examples import Example, list_examples
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
+PREVIEW_PIXELS = 160
+DRAWING_PIXELS = 192
+NO_DRAWING = "The canvas is empty. Draw a digit, then press Predict drawing."
+
+
+# Settings.
+class Settings(BaseSettings):
+    """Configuration of the Streamlit frontend, read from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRONTBENCH_STREAMLIT_", extra="ignore", populate_by_name=True
+    )
+
+    backend_url: str = Field(
+        default="http://127.0.0.1:8000", validation_alias="BACKEND_URL"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8501, ge=1, le=65535)
+    # Streamlit's server.maxUploadSize, in units of 1024 * 1024 bytes. 10 equals
+    # the backend's default FRONTBENCH_MAX_UPLOAD_BYTES (10 MiB), so a file that
+    # the backend would reject is rejected by Streamlit's uploader first.
+    max_upload_mb: int = Field(default=10, ge=1)
+    # A session's script thread blocks on the backend for at most this long.
+    # Other sessions run in their own threads and are not held up.
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # Every open browser tab sends GET /readyz to the backend at this interval,
+    # so 100 idle tabs cost the backend 50 requests per second at 2 s.
+    status_interval_s: float = Field(default=2.0, gt=0)
+    # Streamlit's runner.fastReruns: a new interaction stops the running script
+    # at once instead of waiting for it to finish.
+    fast_reruns: bool = True
+    # Streamlit's server.enableWebsocketCompression. Compression saves little
+    # on these small messages and costs server CPU on every one of them.
+    websocket_compression: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A successful prediction with the image it was made for."""
+
+    prediction: Prediction
+    latency_ms: float
+    image: bytes
+    filename: str
+
+
+# Client. Every session's script thread shares one Client per process, and
+# httpx.Client is thread-safe, so all sessions reuse one connection pool
+# (httpx's default of 100 connections) instead of opening one per session.
+@st.cache_resource
+def get_client(backend_url: str, timeout_s: float, attempts: int) -> Client:
+    """Create a process-wide backend client for these settings."""
+    logger.info(
+        "using the backend at %s (timeout %.1f s, %d attempts)",
+        backend_url,
+        timeout_s,
+        attempts,
+    )
+    return Client(backend_url, timeout=timeout_s, retries=Retries(attempts=attempts))
+
+
+def prediction_client(settings: Settings) -> Client:
+    """Return the shared client for predictions, which retries failed connects."""
+    return get_client(settings.backend_url, settings.request_timeout_s, 3)
+
+
+def status_client(settings: Settings) -> Client:
+    """Return the shared client for the state poll, which never retries.
+
+    The next poll repeats a failed check anyway, and each retry would log a
+    warning at every poll of every open tab.
+    """
+    return get_client(settings.backend_url, settings.request_timeout_s, 1)
+
+
+# Layout.
+def show_backend_status(settings: Settings) -> None:
+    """Ask the backend whether it is ready and show that with the model info."""
+    client = status_client(settings)
+    try:
+        state = "ready" if client.health().status == "ready" else "not ready"
+    except BackendUnavailable as exc:
+        state = "unreachable"
+        error: BackendError | None = exc
+    except BackendError as exc:
+        state = "not ready"
+        error = exc
+    else:
+        error = None
+
+    # Log only changes, because every open tab polls every few seconds.
+    previous = st.session_state.get("backend_state")
+    if state != previous:
+        if error is not None:
+            logger.warning(
+                "backend is %s (request %s): %s", state, error.request_id, error
+            )
+        else:
+            logger.info("backend is %s", state)
+    st.session_state.backend_state = state
+
+    # A backend that comes back may serve another model, so ask again.
+    if state == "ready" and (
+        previous != "ready" or "model_info" not in st.session_state
+    ):
+        try:
+            st.session_state.model_info = client.model_info()
+        except BackendError as exc:
+            logger.warning(
+                "reading the model info failed (request %s): %s", exc.request_id, exc
+            )
+            st.session_state.pop("model_info", None)
+
+    st.markdown(f"Backend: {state}")
+    info: ModelInfo | None = st.session_state.get("model_info")
+    if state == "ready" and info is not None:
+        st.caption(f"Model: {info.name} {info.version}")
+        st.caption(f"Held-out accuracy: {info.heldout_accuracy * 100:.1f} %")
+        st.caption(f"Device: {info.device}")
+
+
+def show_inputs(settings: Settings) -> None:
+    """Lay out the upload, the drawing canvas and the example digits."""
+    upload_column, drawing_column = st.columns(2)
+    with upload_column:
+        st.file_uploader(
+            "Upload an image of one digit",
+            type=UPLOAD_TYPES,
+            key="upload",
+            help=(
+                f"PNG, JPEG, WebP, BMP, GIF or TIFF, up to {settings.max_upload_mb} MB."
+            ),
+            on_change=predict_upload,
+            args=(settings,),
+        )
+    with drawing_column:
+        # Importing the canvas registers its component, which needs a running
+        # Streamlit server, and cli.py imports this module without one.
+        from streamlit_drawable_canvas import st_canvas
+
+        st.markdown("Draw one digit")
+        drawing = st_canvas(
+            stroke_width=DRAWING_PIXELS // 12,
+            stroke_color="#000000",
+            background_color="#ffffff",
+            height=DRAWING_PIXELS,
+            width=DRAWING_PIXELS,
+            return_image_data=True,
+            key="canvas",
+        )
+        # The canvas sends each stroke when the mouse button is released, but
+        # its value reaches only this return value and no callback. So the
+        # drawing is sent in the rerun that the button click starts.
+        if st.button("Predict drawing", key="predict-drawing"):
+            predict_drawing(settings, drawing)
+
+    examples = first_example_per_label()
+    if not examples:
+        return
+
+    st.markdown("Or try a held-out example")
+    for column, example in zip(st.columns(len(examples)), examples, strict=True):
+        with column:
+            st.image(preview(example.read_bytes(), pixels=48))
+            st.button(
+                example.label,
+                key=f"example-{example.label}",
+                help=f"Predict the example image {example.path.name}",
+                on_click=predict_example,
+                args=(settings, example),
+            )
+
+
+@st.cache_resource
+def first_example_per_label() -> list[Example]:
+    """Return one shipped example digit for each label."""
+    chosen: dict[str, Example] = {}
+    for example in list_examples():
+        chosen.setdefault(example.label, example)
+    return list(chosen.values())
+
+
+# The predict callback. Streamlit runs widget callbacks before the rerun that
+# the interaction starts, so the rerun renders the stored outcome.
+def predict(settings: Settings, image: bytes, filename: str) -> None:
+    """Send one image to the backend and store the outcome or the error."""
+    started = time.perf_counter()
+    try:
+        prediction = prediction_client(settings).predict(image, filename=filename)
+    except BackendError as exc:
+        logger.warning(
+            "prediction for %s failed (request %s): %s", filename, exc.request_id, exc
+        )
+        st.session_state.outcome = None
+        st.session_state.error = user_message(exc)
+        return
+
+    latency_ms = (time.perf_counter() - started) * 1000
+    st.session_state.outcome = Outcome(prediction, latency_ms, image, filename)
+    st.session_state.error = None
+
+
+def predict_upload(settings: Settings) -> None:
+    """Predict the file that was just uploaded, unless it was removed."""
+    upload = st.session_state.get("upload")
+    if upload is not None:
+        predict(settings, upload.getvalue(), upload.name)
+
+
+def predict_example(settings: Settings, example: Example) -> None:
+    """Predict one of the shipped example digits."""
+    predict(settings, example.read_bytes(), example.path.name)
+
+
+def predict_drawing(settings: Settings, drawing: Any) -> None:
+    """Predict the drawing on the canvas, unless the canvas is empty."""
+    strokes = (drawing.json_data or {}).get("objects", [])
+    image = drawing.image_bytes
+    if not strokes or image is None:
+        st.session_state.outcome = None
+        st.session_state.error = NO_DRAWING
+        return
+
+    predict(settings, image, "drawing.png")
+
+
+# Rendering of the answer.
+def show_prediction(outcome: Outcome) -> None:
+    """Show the image, the predicted digit and every class probability."""
+    prediction = outcome.prediction
+    image_column, text_column = st.columns([1, 2])
+    with image_column:
+        st.image(
+            preview(outcome.image, pixels=PREVIEW_PIXELS), caption=outcome.filename
+        )
+    with text_column:
+        st.subheader(f"Predicted digit: {prediction.label}")
+        st.markdown(f"Confidence: {prediction.confidence * 100:.1f} %")
+        st.markdown(f"Backend latency: {outcome.latency_ms:.0f} ms")
+
+    probabilities = pd.DataFrame(
+        {
+            "digit": list(prediction.probabilities),
+            "probability": list(prediction.probabilities.values()),
+        }
+    )
+    st.bar_chart(probabilities, x="digit", y="probability", sort=False, height=240)
+
+
+# Cached as immutable PNG bytes, so that every session and rerun can share
+# one copy and st.image sends it without encoding it again.
+@st.cache_resource(max_entries=64)
+def preview(image: bytes, *, pixels: int) -> bytes:
+    """Fit an image into a square of `pixels` and return it as PNG bytes.
+
+    Small images such as the 8x8 examples are scaled up by a whole factor
+    with nearest-neighbour sampling, so they stay sharp. Large ones are
+    scaled down.
+    """
+    decoded = Image.open(io.BytesIO(image))
+    decoded.seek(0)  # The first frame of an animated GIF or a multi-page TIFF.
+    picture = decoded.convert("RGB")
+    if max(picture.size) > pixels:
+        picture.thumbnail((pixels, pixels))
+    else:
+        scale = pixels // max(picture.size)
+        size = (picture.width * scale, picture.height * scale)
+        picture = picture.resize(size, Image.Resampling.NEAREST)
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# Rendering of errors.
+def show_error(message: str) -> None:
+    """Show what went wrong and what to do, in place of the answer."""
+    st.error(message)
+
+
+# Entry point: Streamlit runs this file with __name__ set to "__main__".
+def main() -> None:
+    """Render the whole page for one rerun."""
+    settings = Settings()
+    st.set_page_config(page_title="frontbench · Streamlit", layout="wide")
+    st.title("Handwritten digit recognition")
+
+    with st.sidebar:
+        st.fragment(show_backend_status, run_every=settings.status_interval_s)(settings)
+
+    show_inputs(settings)
+    st.divider()
+    error = st.session_state.get("error")
+    outcome = st.session_state.get("outcome")
+    if error:
+        show_error(error)
+    elif outcome is not None:
+        show_prediction(outcome)
+
+
+if __name__ == "__main__":
+    main()
