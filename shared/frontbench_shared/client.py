@@ -314,6 +314,11 @@ class _BaseClient:
         timeout: float | httpx.Timeout,
         retries: Retries,
     ) -> None:
+        if not isinstance(retries, Retries):
+            raise TypeError(
+                f"retries={retries!r} is invalid: pass a Retries object, such as "
+                "Retries(attempts=1) to turn retries off."
+            )
         self.base_url = resolve_base_url(base_url)
         self.timeout = (
             timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
@@ -392,6 +397,7 @@ class Client(_BaseClient):
 
     Raises:
         ValueError: The base URL is not an http:// or https:// URL.
+        TypeError: `retries` is not a `Retries` object.
 
     Example:
         >>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
@@ -512,6 +518,7 @@ class AsyncClient(_BaseClient):
 
     Raises:
         ValueError: The base URL is not an http:// or https:// URL.
+        TypeError: `retries` is not a `Retries` object.
     """
 
     def __init__(

@@ -376,7 +376,7 @@ def _wait_until_ready(
     reported at once, even while the backend is still training its model.
     """
     deadline = time.monotonic() + timeout
-    # Keyed by name, because a Server holds a list and so is not hashable.
+    # Keyed by name, because a Server contains a list and so is not hashable.
     pending = {
         server.name: (server, process)
         for server, process in zip(servers, processes, strict=True)

@@ -702,3 +702,9 @@ def test_predict_missing_path(tmp_path: Path) -> None:
         pytest.raises(FileNotFoundError, match=r"missing\.png"),
     ):
         client.predict(missing)
+
+
+@pytest.mark.parametrize("client_type", [Client, AsyncClient])
+def test_client_retries_not_retries_object(client_type: type[Any]) -> None:
+    with pytest.raises(TypeError, match="retries=3 is invalid"):
+        client_type(FAKE_URL, retries=3)
