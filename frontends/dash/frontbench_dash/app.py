@@ -2,7 +2,7 @@
 
 Start it with `frontbench frontend dash`, which serves `server` with gunicorn.
 Dash callbacks are stateless: each one is a POST to /_dash-update-component
-that any thread of any gunicorn worker can answer.
+that any thread of any gunicorn worker can handle.
 """
 
 # --- Imports ---------------------------------------------------------------
@@ -56,14 +56,14 @@ class Settings(BaseSettings):
     # GIL, memory and backend client, so more workers use more cores and more
     # memory. Two keep serving while one is busy or restarting.
     workers: Annotated[int, Field(ge=1)] = 2
-    # Threads per worker, each answering one callback at a time. A prediction
+    # Threads per worker, each running one callback at a time. A prediction
     # mostly waits on the backend, so 8 threads keep a scaled backend busy,
     # while many more would only contend for the worker's GIL.
     threads: Annotated[int, Field(ge=1)] = 8
     # Seconds that a stopping worker gets to finish the callbacks it runs.
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 10
-    # One gunicorn line per request on stderr; off because under load it
-    # costs more than the callback it describes.
+    # One gunicorn line per request on stderr. It is off by default because
+    # under load it floods the log.
     access_log: bool = False
     # Larger uploads get an error message without reaching the backend. The
     # default matches the backend's FRONTBENCH_MAX_UPLOAD_BYTES default.
@@ -194,7 +194,7 @@ def load_example(n_clicks: list[int | None]) -> tuple[str, str]:
     prevent_initial_call=True,
 )
 def predict(contents: str | None, filename: str | None) -> tuple[Any, Any]:
-    """Send the uploaded file to the backend and return the answer or error."""
+    """Send the uploaded file to the backend and return the result or error."""
     try:
         image = read_upload(contents)
     except ValueError as exc:
@@ -327,5 +327,5 @@ def render_error(message: str) -> html.P:
 # --- Entry point -----------------------------------------------------------
 # `frontbench frontend dash` serves this Flask app with gunicorn.
 server = app.server
-# Werkzeug answers 413 to larger callback requests before Dash parses them.
+# Werkzeug rejects larger callback requests with 413 before Dash parses them.
 server.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

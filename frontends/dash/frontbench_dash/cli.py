@@ -20,7 +20,7 @@ from pydantic import ValidationError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8050
-# The Dash index page, which answers 200 once a worker serves requests.
+# The Dash index page, which returns 200 once a worker serves requests.
 READY_PATH = "/"
 
 _ENV_PREFIX = "FRONTBENCH_DASH_"
@@ -71,9 +71,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def _configure_logging() -> None:
-    # gunicorn gives its own loggers handlers of their own. The app's loggers
-    # propagate to this root handler, which the forked workers inherit, in
-    # gunicorn's line format.
+    # gunicorn attaches handlers to its own loggers and stops them from
+    # propagating. The app's loggers propagate to this root handler, which the
+    # forked workers inherit, and which writes gunicorn's line format.
     logging.config.dictConfig(
         {
             "version": 1,
@@ -93,6 +93,8 @@ def _configure_logging() -> None:
                 }
             },
             "root": {"level": "INFO", "handlers": ["stderr"]},
+            # httpx logs every request at INFO, which the backend logs too.
+            "loggers": {"httpx": {"level": "WARNING"}},
         }
     )
 
@@ -141,8 +143,8 @@ def main(argv: list[str]) -> int:
         "accesslog": "-" if settings.access_log else None,
         "errorlog": "-",
         "proc_name": "frontbench-dash",
-        # gunicorn 27 opens a control socket at one fixed path in the home
-        # folder, which a second server on the same machine would take over.
+        # gunicorn 27 serves a control socket at ~/.gunicorn/gunicorn.ctl by
+        # default, and a second server of the same user deletes and replaces it.
         "control_socket_disable": True,
     }
     _configure_logging()
