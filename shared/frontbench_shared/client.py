@@ -9,12 +9,14 @@ each call:
         print(prediction.label, prediction.confidence)
 
 Retry policy: a request is sent again, after an exponential backoff with
-jitter, only when it cannot have been processed or when the backend asked for
-it. That covers a failed connect (refused, or a connect timeout), a
-connection closed before any response, and a 503 Service Unavailable. A read
-timeout is raised as `BackendTimeout` at once, because the backend may still
-be working on the request and a resend would double its load. A 4xx
-response is never retried.
+jitter, in three cases. A connect failed (refused, or a connect timeout), so
+the backend never got the request. The connection closed without a
+response, for example because a backend worker restarted. A prediction has
+no side effects, so sending it again is safe. Or the backend returned 503 Service
+Unavailable, which it does while the model is loading. A read timeout is
+raised as `BackendTimeout` at once, because the backend may still be working
+on the request and a resend would add to its load. Every other error status,
+4xx included, is raised at once.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ image file, or a PIL image (sent as PNG)."""
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
-# Connect errors (refused, connect timeout) and a connection closed before
-# any response mean the backend never processed the request.
+# The transport errors after which a request is sent again; see the module
+# docstring for why each one is safe to retry.
 _RETRYABLE_ERRORS = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -277,9 +279,9 @@ def _parse(response: httpx.Response, model: type[_ModelT]) -> _ModelT:
     except ValidationError as exc:
         raise BackendError(
             f"The backend at {response.request.url} returned a response that is "
-            f"not a valid {model.__name__}: {exc.error_count()} errors, first "
-            f"{exc.errors()[0]['msg']!r}. Check that the backend and the client "
-            "are the same version.",
+            f"not a valid {model.__name__} ({exc.error_count()} validation "
+            f"errors, the first: {exc.errors()[0]['msg']!r}). Check that the "
+            "backend and the client are the same version.",
             status_code=response.status_code,
             request_id=request_id,
             url=str(response.request.url),
