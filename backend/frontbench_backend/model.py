@@ -48,8 +48,10 @@ class DigitsCNN(nn.Module):
     classifier makes the layer sizes independent of the input size.
     """
 
-    def __init__(self, num_classes: int = 10, *, width: int = 32) -> None:
+    def __init__(self, num_classes: int = 10, *, width: int = 16) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.width = width
         self.features = nn.Sequential(
             nn.Conv2d(1, width, kernel_size=3, padding=1),
             nn.BatchNorm2d(width),
@@ -215,6 +217,7 @@ def build_checkpoint(module: DigitsCNN, metadata: CheckpointMetadata) -> dict[st
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "metadata": metadata.to_dict(),
+        "architecture": {"num_classes": module.num_classes, "width": module.width},
         "state_dict": state,
     }
 
@@ -280,10 +283,14 @@ def load_checkpoint(path: Path, device: torch.device) -> LoadedModel:
     """
     content = _read(path)
     metadata = _metadata_of(content, path)
-    module = DigitsCNN(num_classes=len(metadata.labels))
     try:
+        architecture = content["architecture"]
+        module = DigitsCNN(
+            num_classes=int(architecture["num_classes"]),
+            width=int(architecture["width"]),
+        )
         module.load_state_dict(content["state_dict"])
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"checkpoint {path} has weights that do not fit {MODEL_NAME} "
             f"{MODEL_VERSION} ({exc}); train a new one with "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -31,6 +32,8 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 # MPO, and some BMP variants as DIB; they are the accepted formats underneath.
 _FORMAT_ALIASES = {"MPO": "JPEG", "DIB": "BMP"}
 _ACCEPTED_TEXT = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
+
+_PILLOW_BOMB_SIZE = re.compile(r"\((?P<pixels>\d+) pixels\)")
 
 # What Pillow's plugins raise on truncated or corrupt data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error)
@@ -96,6 +99,8 @@ def _sniff_unsupported(data: bytes) -> str | None:
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if stripped.startswith(b"%pdf-"):
         return "PDF"
+    if stripped.startswith(b"%!ps"):
+        return "PostScript (PS or EPS)"
     if stripped.startswith(b"<svg") or (
         stripped.startswith(b"<?xml") and b"<svg" in data[:4096].lower()
     ):
@@ -161,6 +166,16 @@ def _check_size(image: Image.Image, max_pixels: int) -> None:
         )
 
 
+def _bomb_message(error: Exception, max_pixels: int) -> str:
+    # Pillow 12 words it "Image size (N pixels) exceeds limit of M pixels".
+    match = _PILLOW_BOMB_SIZE.search(str(error))
+    size = f"{int(match['pixels']):,} pixels" if match else "too many pixels"
+    return (
+        f"the image header declares {size}, over the limit of {max_pixels:,} "
+        "pixels; scale it down and upload it again"
+    )
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open `data` lazily, reading only the header, and check its size."""
     try:
@@ -173,10 +188,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_pillow_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(
-            f"the image is too large to decode safely ({exc}); the limit is "
-            f"{max_pixels:,} pixels, so scale it down and upload it again"
-        ) from exc
+        raise ImageTooLarge(_bomb_message(exc, max_pixels)) from exc
     except UnidentifiedImageError as exc:
         detected = _identify(data)
         if detected is not None:
@@ -196,7 +208,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _pillow_formats() -> list[str]:
-    return [*ACCEPTED_FORMATS, *_FORMAT_ALIASES]
+    # Image.open raises KeyError for a format whose plugin is not registered
+    # yet, and Image.init registers every plugin (it returns at once later).
+    Image.init()
+    return [
+        name for name in (*ACCEPTED_FORMATS, *_FORMAT_ALIASES) if name in Image.OPEN
+    ]
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
