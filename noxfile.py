@@ -18,16 +18,6 @@ MYPY = "mypy==2.4.1"
 # mkdocs.yml uses the Material theme and pymdown extensions.
 DOCS_REQUIREMENTS = ("mkdocs>=1.6", "mkdocs-material>=9.5", "pymdown-extensions>=10")
 
-# Every setup, with two backend sizes and short runs: enough to show that each
-# setup serves requests, far too short for figures worth comparing.
-LOADTEST_SMOKE_ARGS = (
-    "--replicas", "1,2",
-    "--users", "4",
-    "--spawn-rate", "4",
-    "--duration", "10",
-    "--warmup", "2",
-)  # fmt: skip
-
 PACKAGES = (
     "frontbench_shared",
     "frontbench_backend",
@@ -43,7 +33,8 @@ PYTHON_PATHS = ("shared", "backend", "frontends", "loadtests", "tests", "noxfile
 def tests(session: nox.Session) -> None:
     """Run the test suite with pytest; arguments after `--` go to pytest."""
     session.install("-e", ".[all,test]")
-    session.run("pytest", *session.posargs)
+    # Tests marked slow (the load-test smoke run) belong to `nox -s loadtest`.
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session
@@ -71,9 +62,11 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def loadtest(session: nox.Session) -> None:
-    """Run a short smoke version of the scaling experiment with Locust."""
-    session.install("-e", ".[all]")
-    session.run("frontbench", "bench", *(session.posargs or LOADTEST_SMOKE_ARGS))
+    """Run a short smoke version of the scaling experiment and check its report."""
+    session.install("-e", ".[all,test]")
+    session.run(
+        "pytest", "-m", "slow", "tests/loadtests/test_bench_smoke.py", *session.posargs
+    )
 
 
 @nox.session
