@@ -24,10 +24,21 @@ from typing import Any
 import httpx
 
 from frontbench_loadtests import environment_info
-from frontbench_loadtests.common import IMAGE_ENV, WARMUP_ENV, ImageKind, load_images
+from frontbench_loadtests.common import (
+    IMAGE_ENV,
+    PHASE_FILE_ENV,
+    WARMUP_ENV,
+    ImageKind,
+    load_images,
+)
 from frontbench_loadtests.monitor import ProcessMonitor, ProcessUsage
 from frontbench_shared.api import MODEL_PATH, READY_PATH
-from frontbench_shared.processes import ManagedProcess, free_port, python_argv
+from frontbench_shared.processes import (
+    ManagedProcess,
+    ProcessFailed,
+    free_port,
+    python_argv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +53,10 @@ SETUPS: dict[str, str] = {
 # Used when a frontend's cli module defines no READY_PATH.
 _DEFAULT_READY_PATHS = {"streamlit": "/_stcore/health", "dash": "/", "gradio": "/"}
 _PROGRESS_INTERVAL = 1.0
-# Locust needs a few seconds past its run time to stop users and write CSVs.
+# Locust needs a few seconds past its run time to stop users and write CSVs,
+# and more than that to import the users on a busy machine.
 _LOCUST_EXIT_GRACE = 30.0
+_LOCUST_START_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -158,12 +171,27 @@ def start_backend(
     )
     process.start()
     try:
-        process.wait_ready(f"http://{HOST}:{port}{READY_PATH}")
-    except Exception:
+        process.wait_ready(f"http://{HOST}:{port}{READY_PATH}", accept=_ready_or_failed)
+    except (
+        BaseException
+    ):  # Also on Ctrl-C, so that the child never outlives this process.
         _save_output(process, log_dir / f"backend-x{replicas}.log")
         process.stop()
         raise
     return process
+
+
+def _ready_or_failed(response: httpx.Response) -> bool:
+    """Accept a ready backend; raise at once when the model failed to load."""
+    if response.status_code == 200:
+        return True
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:
+        detail = ""
+    if "failed to load" in detail:
+        raise ProcessFailed(f"the backend is not ready: {detail}")
+    return False
 
 
 def start_frontend(framework: str, backend_url: str) -> tuple[ManagedProcess, str]:
@@ -188,7 +216,9 @@ def start_frontend(framework: str, backend_url: str) -> tuple[ManagedProcess, st
     url = f"http://{HOST}:{port}"
     try:
         process.wait_ready(url + _ready_path(framework))
-    except Exception:
+    except (
+        BaseException
+    ):  # Also on Ctrl-C, so that the child never outlives this process.
         process.stop()
         raise
     return process, url
@@ -243,6 +273,13 @@ def read_locust_results(prefix: Path, result: RunResult) -> None:
             result.failure_messages.append(f"{count} x {error}")
 
 
+def _read_phase(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def _live_figures(prefix: Path) -> tuple[float, int, int] | None:
     """Return the current interactions/s, total and failures from Locust's history."""
     path = Path(f"{prefix}_stats_history.csv")
@@ -294,33 +331,41 @@ def run_locust(
         "--loglevel",
         "WARNING",
     )
-    env = {WARMUP_ENV: str(config.warmup), IMAGE_ENV: config.image}
+    phase_file = Path(f"{prefix}_phase")
+    phase_file.unlink(missing_ok=True)
+    env = {
+        WARMUP_ENV: str(config.warmup),
+        IMAGE_ENV: config.image,
+        PHASE_FILE_ENV: str(phase_file),
+    }
     locust = ManagedProcess(f"locust-{setup}", argv, env=env).start()
     monitor.watch("locust", locust.pid)
-    started = time.monotonic()
-    measuring = config.warmup <= 0
-    deadline = started + run_time + _LOCUST_EXIT_GRACE
+    deadline = time.monotonic() + _LOCUST_START_TIMEOUT + run_time
+    test_started: float | None = None
+    phase = "starting Locust"
     try:
         while locust.returncode is None and time.monotonic() < deadline:
             time.sleep(_PROGRESS_INTERVAL)
-            elapsed = time.monotonic() - started
-            if not measuring and elapsed >= config.warmup:
+            new_phase = _read_phase(phase_file) or phase
+            if new_phase != phase and test_started is None:
+                test_started = time.monotonic()
+                deadline = test_started + run_time + _LOCUST_EXIT_GRACE
+            if new_phase == "measuring" and phase != "measuring":
                 monitor.reset()
-                measuring = True
-            phase = "measuring" if measuring else "warming up"
+            phase = new_phase
+            elapsed = 0.0 if test_started is None else time.monotonic() - test_started
             figures = _live_figures(prefix)
             live = (
-                f"{figures[0]:.1f} interactions/s, {figures[1]} done, "
+                f", {figures[0]:.1f} interactions/s, {figures[1]} done, "
                 f"{figures[2]} failed"
-                if figures
-                else "starting"
+                if figures and test_started is not None
+                else ""
             )
             progress(
-                f"{label}: {phase} {min(elapsed, run_time):.0f}/{run_time:.0f} s, "
-                f"{live}"
+                f"{label}: {phase} {min(elapsed, run_time):.0f}/{run_time:.0f} s{live}"
             )
         if locust.returncode is None:
-            logger.warning("locust did not exit %.0f s after its run time", run_time)
+            logger.warning("locust did not finish in time; stopping it")
     finally:
         status = locust.stop()
         _save_output(locust, Path(f"{prefix}_locust.log"))
@@ -379,6 +424,9 @@ def measure_run(
     result.backend_info = _backend_info(backend_url)
     if frontend is not None:
         result.frontend_info = environment_info.frontend_settings(setup, host)
+        result.frontend_info["process_tree"] = environment_info.process_counts(
+            frontend.pid
+        )
 
     monitor = ProcessMonitor()
     monitor.watch("backend", backend.pid)

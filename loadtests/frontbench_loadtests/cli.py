@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 from frontbench_loadtests.bench import (
     SETUPS,
@@ -48,6 +50,10 @@ def _positive(kind: type[float] | type[int], name: str) -> object:
         return value
 
     return convert
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +140,8 @@ def main(argv: list[str]) -> int:
         return 2
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # One line per readiness poll would bury the progress lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     out = args.out or Path("bench-results") / time.strftime(
         "%Y%m%dT%H%M%SZ", time.gmtime()
     )
@@ -150,6 +158,8 @@ def main(argv: list[str]) -> int:
         torch_threads=args.torch_threads,
     )
     environment = environment_record(config)
+    # SIGTERM ends the command like Ctrl-C, so that the servers are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_experiment(config)
     except KeyboardInterrupt:

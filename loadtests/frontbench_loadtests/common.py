@@ -278,6 +278,10 @@ class ErrorAnswer(RuntimeError):
 # reset that long after the test starts, so its CSV files describe only the
 # measured part of the run.
 WARMUP_ENV = "FRONTBENCH_BENCH_WARMUP"
+# When set, the phase of the test ("warmup", "measuring") is written to this
+# file as it starts, so that `frontbench bench` samples CPU over the same
+# window that Locust measures.
+PHASE_FILE_ENV = "FRONTBENCH_BENCH_PHASE_FILE"
 _hooks_registered = False
 
 
@@ -318,11 +322,21 @@ def register_run_hooks() -> None:
                 f"invalid {WARMUP_ENV}={raw!r}; set it to a number of seconds"
             ) from None
         if warmup <= 0 or environment.runner is None:
+            _write_phase("measuring")
             return
+
+        _write_phase("warmup")
 
         def reset() -> None:
             gevent.sleep(warmup)
             environment.runner.stats.reset_all()
+            _write_phase("measuring")
             logger.info("warm-up of %.1f s done; statistics reset", warmup)
 
         gevent.spawn(reset)
+
+
+def _write_phase(phase: str) -> None:
+    path = os.environ.get(PHASE_FILE_ENV)
+    if path:
+        Path(path).write_text(phase, encoding="utf-8")

@@ -85,29 +85,43 @@ def frontend_env() -> dict[str, str]:
 
 
 def frontend_settings(setup: str, url: str) -> dict[str, Any]:
-    """Return the concurrency settings that a running frontend reports.
+    """Return the settings of a running frontend, its concurrency included.
 
-    Gradio's `/config` lists each event's concurrency limit. For every
-    frontend, the frontend's own `describe_concurrency()` (when its cli
-    module has one) states the settings it was started with.
+    The frontend's own `Settings` class, read from this environment, gives
+    the values it was started with (the experiment passes it no other
+    settings). Gradio's `/config` adds each event's concurrency limit.
     """
-    settings: dict[str, Any] = {}
-    describe = _frontend_describer(setup)
-    if describe is not None:
-        settings.update(describe())
+    settings = _settings_of(setup)
     if setup == "gradio":
         settings.update(_gradio_limits(url))
     return settings
 
 
-def _frontend_describer(setup: str) -> Any:
+def _settings_of(setup: str) -> dict[str, Any]:
     import importlib
 
     try:
-        cli = importlib.import_module(f"frontbench_{setup}.cli")
-    except ModuleNotFoundError:
-        return None
-    return getattr(cli, "describe_concurrency", None)
+        app = importlib.import_module(f"frontbench_{setup}.app")
+        values: dict[str, Any] = app.Settings().model_dump(mode="json")
+    except Exception as exc:  # The frontend's import or validation failed.
+        logger.warning("could not read the %s frontend's settings: %s", setup, exc)
+        return {}
+    for name in ("backend_url", "host", "port"):
+        values.pop(name, None)
+    return values
+
+
+def process_counts(pid: int) -> dict[str, int]:
+    """Return the number of processes and threads in the tree of `pid`."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+        return {
+            "processes": len(tree),
+            "threads": sum(process.num_threads() for process in tree),
+        }
+    except psutil.Error:
+        return {}
 
 
 def _gradio_limits(url: str) -> dict[str, Any]:

@@ -15,6 +15,11 @@ from frontbench_loadtests.bench import RunResult
 logger = logging.getLogger(__name__)
 
 ROLES = ("backend", "frontend", "locust")
+_ROLE_NAMES = {
+    "backend": "the backend",
+    "frontend": "the frontend",
+    "locust": "the load generator (Locust)",
+}
 # A Python process whose mean CPU is above this share of one core is taken
 # as CPU-bound: its GIL lets one thread run at a time, so it cannot go faster.
 SATURATED_CORE_PERCENT = 85.0
@@ -95,17 +100,18 @@ def diagnose(result: RunResult, cores: int) -> tuple[str, list[str]]:
     if machine_share >= SATURATED_MACHINE_PERCENT:
         bottleneck = (
             f"the machine's CPU ({machine_share:.0f} % of {cores} cores); "
-            f"the {top_role} uses the most ({role_cpu[top_role]:.0f} % of a core)"
+            f"{_ROLE_NAMES[top_role]} uses the most "
+            f"({role_cpu[top_role]:.0f} % of a core)"
         )
     elif saturated:
         bottleneck = ", ".join(
-            f"the {role} ({busiest[role]:.0f} % of one core in one process)"
+            f"{_ROLE_NAMES[role]} ({busiest[role]:.0f} % of one core in one process)"
             for role in saturated
         )
     else:
         bottleneck = (
-            "no process is CPU-bound; the limit is waiting (a queue, a "
-            "concurrency limit or the number of users)"
+            "waiting, not CPU, because no process is CPU-bound (a queue, a "
+            "concurrency limit or too few users)"
         )
     return bottleneck, warnings
 
@@ -178,8 +184,25 @@ def write_plots(results: Sequence[RunResult], out: Path) -> list[Path]:
     return paths
 
 
+def _replicas(count: int) -> str:
+    return f"{count} replica" if count == 1 else f"{count} replicas"
+
+
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
+
+
+def _shared_machine_warning(machine: dict[str, Any], cores: int) -> list[str]:
+    load = machine["load_average_at_start"][0]
+    if load < cores:
+        return []
+    return [
+        f"**Warning: the machine was busy before the experiment started** (load "
+        f"average {load:.1f} on {cores} CPUs): other work competed for the CPUs, "
+        "so the figures are lower and noisier than on an idle machine, and the "
+        "machine CPU figures include that work.",
+        "",
+    ]
 
 
 def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -> str:
@@ -197,6 +220,7 @@ def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -
         f"{machine['memory_bytes'] / 2**30:.1f} GiB memory, {machine['platform']}. "
         f"Load average at start: {machine['load_average_at_start']}.",
         "",
+        *_shared_machine_warning(machine, cores),
         f"Load: {settings['users']} Locust users (spawn rate "
         f"{settings['spawn_rate']}/s), no think time, {settings['image']} images, "
         f"{settings['warmup_s']:.0f} s warm-up then {settings['duration_s']:.0f} s "
@@ -238,7 +262,7 @@ def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -
     for r in results:
         bottleneck, warnings = diagnose(r, cores)
         lines.append(
-            f"- **{r.setup}, {r.replicas} replicas**: limited by {bottleneck}."
+            f"- **{r.setup}, {_replicas(r.replicas)}**: limited by {bottleneck}."
         )
         lines.extend(f"  - Warning: {warning}" for warning in warnings)
         lines.extend(f"  - Failure: `{message}`" for message in r.failure_messages)
@@ -246,7 +270,7 @@ def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -
     lines.append(
         "Torch threads per backend worker: "
         + ", ".join(
-            f"{threads} with {replicas} replicas"
+            f"{threads} with {_replicas(int(replicas))}"
             for replicas, threads in settings["torch_threads_per_replica"].items()
         )
         + "."
