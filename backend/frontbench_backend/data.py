@@ -127,7 +127,7 @@ def write_examples(directory: Path, *, seed: int = DEFAULT_SEED) -> list[Path]:
 
     Files are named `digit-<label>-<index>.png`, where index is the position
     in `load_digits()`. Existing example files in `directory` are replaced, so
-    the folder holds exactly the ten current examples.
+    the folder contains exactly the ten current examples.
     """
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("digit-*.png"):

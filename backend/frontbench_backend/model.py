@@ -81,7 +81,7 @@ class DigitsCNN(nn.Module):
 
 @dataclass(frozen=True)
 class CheckpointMetadata:
-    """What a checkpoint records about its model and how it was trained."""
+    """Metadata stored in a checkpoint: the model, its labels and its training."""
 
     name: str
     version: str
@@ -120,7 +120,7 @@ def resolve_device(spec: str) -> torch.device:
     """Turn a device name from the settings into an available torch device.
 
     `auto` picks CUDA, then Apple MPS, then the CPU. `cuda`, `cuda:N` and `mps`
-    must be available, or DeviceUnavailable says why.
+    must be available, or DeviceUnavailable is raised with the reason.
 
     Raises:
         ValueError: `spec` is not one of auto, cpu, cuda, cuda:N or mps.

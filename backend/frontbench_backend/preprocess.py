@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import struct
 import warnings
@@ -35,18 +36,21 @@ _ACCEPTED_TEXT = "PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF"
 
 _PILLOW_BOMB_SIZE = re.compile(r"\((?P<pixels>\d+) pixels\)")
 
-# What Pillow's plugins raise on truncated or corrupt data.
+# Exceptions that Pillow's plugins raise on truncated or corrupt data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error)
 
 INK_THRESHOLD = 0.25
 """Share of the ink range above which a pixel counts as part of the digit."""
 
 BORDER_FRACTION = 0.05
-"""Width of the border, as a share of the shorter side, that shows the paper."""
+"""Width of the border, as a share of the shorter side, whose median is the paper."""
 
-# The data set scales each digit so that its bounding box fills the 8x8 frame
-# along the longer side and centres it along the other, so the same is done
-# here with no margin.
+WORKING_MAX_SIDE = 2048
+"""Longest side in pixels that the ink is searched at; larger images are reduced."""
+
+# In load_digits the ink of every digit spans all 8 rows and about 6 of the 8
+# columns, centred, so the digit's box fills the frame along its longer side
+# with no margin.
 _DIGIT_EXTENT = 1.0
 
 
@@ -310,9 +314,9 @@ def _flatten_alpha(image: Image.Image) -> NDArray[np.float32]:
 def ink_map(gray: NDArray[np.float32]) -> NDArray[np.float32]:
     """Return the share of ink in each pixel, 0 for paper and 1 for the darkest ink.
 
-    The paper is what the border of the image shows: its median decides the
-    polarity, so dark ink on light paper and light ink on a dark background
-    both come out as ink near 1.
+    The median of the image border is taken as the paper colour and decides
+    the polarity, so dark ink on light paper and light ink on a dark
+    background both come out as ink near 1.
 
     Raises:
         BlankImage: every pixel has the same value.
@@ -344,6 +348,16 @@ def ink_map(gray: NDArray[np.float32]) -> NDArray[np.float32]:
     return clipped
 
 
+def _reduce(gray: NDArray[np.float32]) -> NDArray[np.float32]:
+    # Averaging blocks keeps thin strokes, and the later steps run on a few
+    # million pixels at most however large the upload is.
+    factor = math.ceil(max(gray.shape) / WORKING_MAX_SIDE)
+    if factor <= 1:
+        return gray
+    reduced = Image.fromarray(gray).reduce(factor)
+    return np.asarray(reduced, dtype=np.float32)
+
+
 def digit_box(ink: NDArray[np.float32]) -> tuple[int, int, int, int]:
     """Return the bounding box (top, left, bottom, right) of the digit's ink.
 
@@ -356,8 +370,8 @@ def digit_box(ink: NDArray[np.float32]) -> tuple[int, int, int, int]:
     if rows.size == 0:
         height, width = ink.shape
         raise BlankImage(
-            f"no digit was found in the {width}x{height} image: nothing stands "
-            "out from the background; upload a picture of one digit"
+            f"no digit was found in the {width}x{height} image because no pixel "
+            "differs enough from the background; upload a picture of one digit"
         )
     return int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1
 
@@ -396,7 +410,7 @@ def to_model_input(
     Raises:
         BlankImage: the image has no digit in it.
     """
-    ink = ink_map(to_grayscale(image))
+    ink = ink_map(_reduce(to_grayscale(image)))
     framed = centre_digit(ink, input_size)
     height, width = input_size
     scaled = Image.fromarray(framed).resize((width, height), Image.Resampling.BOX)

@@ -67,8 +67,8 @@ TRAINING_THREADS = 1
 def default_model_path() -> Path:
     """Return `$XDG_CACHE_HOME/frontbench/digits-cnn.pt`, or the same under ~/.cache.
 
-    As the XDG base directory specification says, an empty or relative
-    XDG_CACHE_HOME is ignored.
+    An unset, empty or relative XDG_CACHE_HOME falls back to ~/.cache, as the
+    XDG Base Directory Specification requires.
     """
     cache = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(cache) if cache and Path(cache).is_absolute() else None

@@ -1,9 +1,9 @@
 """Decoding and preprocessing of uploads, checked with the real trained model.
 
-The upload table renders held-out digits the model classifies right at 8x8
-as real image files: upscaled, in every accepted format and in the modes each
-format stores, in both polarities, rotated by EXIF orientation, and small on a
-big canvas. Each must come back as the digit's label.
+The upload table renders held-out digits, which the model classifies right at
+8x8, as real image files. They are upscaled and saved in every accepted format
+and the modes each format stores, in both polarities, rotated by EXIF
+orientation, and small on a big canvas. Each must come back as its label.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def _uploads() -> list[Upload]:
         ("JPEG", "light", 120, (800, 300), (600, 150)),
         ("WEBP", "dark", 40, (300, 300), (0, 0)),
         ("TIFF", "light", 28, (512, 128), (250, 90)),
+        ("PNG", "dark", 700, (3000, 2200), (2000, 1300)),
     ]
     for format_name, polarity, size, canvas, offset in placements:
         uploads.append(
@@ -334,9 +335,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """Return a tiny PNG whose header claims `width` x `height` gray pixels.
+    """Return a tiny PNG whose header declares `width` x `height` gray pixels.
 
-    Its image data holds far fewer rows than the header claims, so decoding
+    Its image data contains far fewer rows than the header declares, so decoding
     it would fail as truncated: an ImageTooLarge shows that nothing was
     decoded.
     """
