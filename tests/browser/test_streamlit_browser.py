@@ -60,7 +60,8 @@ def test_upload_shows_label_and_chart(
     assert chart.count() == 1
     # Set FRONTBENCH_SCREENSHOT_DIR to keep the screenshot for a person to read.
     directory = Path(os.environ.get(SCREENSHOT_ENV, tmp_path))
-    page.screenshot(path=str(directory / "streamlit-prediction.png"), full_page=True)
+    chart.scroll_into_view_if_needed()
+    page.screenshot(path=str(directory / "streamlit-prediction.png"))
 
 
 def test_example_click_shows_label(
@@ -82,13 +83,20 @@ def test_drawing_shows_a_prediction(page: Any, streamlit_url: str) -> None:
     box = canvas.bounding_box()
     assert box is not None
 
-    # A vertical stroke down the middle, drawn like a "1".
+    # A vertical stroke down the middle, drawn like a "1". The pauses give
+    # Fabric.js time to handle each event, as a person's hand would.
     center_x = box["x"] + box["width"] / 2
+    canvas.hover()
     page.mouse.move(center_x, box["y"] + box["height"] * 0.15)
+    page.wait_for_timeout(100)
     page.mouse.down()
     for step in range(1, 11):
-        page.mouse.move(center_x, box["y"] + box["height"] * (0.15 + 0.07 * step))
+        y = box["y"] + box["height"] * (0.15 + 0.07 * step)
+        page.mouse.move(center_x, y, steps=5)
+        page.wait_for_timeout(30)
     page.mouse.up()
+    # The canvas sends the stroke to the server when the button is released.
+    page.wait_for_timeout(1000)
     page.get_by_role("button", name="Predict drawing").click()
 
     page.get_by_text("Predicted digit: ").first.wait_for(timeout=APPEAR_TIMEOUT_MS)

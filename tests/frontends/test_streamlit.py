@@ -94,7 +94,7 @@ def test_example_click_shows_label(
     assert f"Predicted digit: {label}" in texts(app)
     assert any(text.startswith("Confidence: ") for text in texts(app))
     assert any(text.startswith("Backend latency: ") for text in texts(app))
-    assert len(app.get("arrow_vega_lite_chart")) == 1, "no probability chart"
+    assert len(app.get("vega_lite_chart")) == 1, "no probability chart"
 
 
 def test_upload_shows_label(

@@ -25,7 +25,8 @@ from frontbench_shared.client import Client, Retries
 from frontbench_shared.errors import BackendError, BackendUnavailable, user_message
 from frontbench_shared.examples import Example, list_examples
 
-logger = logging.getLogger(__name__)
+# Streamlit runs this file as the module __main__, so the name is spelled out.
+logger = logging.getLogger("frontbench_streamlit.app")
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 PREVIEW_PIXELS = 160
@@ -74,9 +75,10 @@ class Outcome:
     filename: str
 
 
-# Client. Every session's script thread shares one Client per process, and
-# httpx.Client is thread-safe, so all sessions reuse one connection pool
-# (httpx's default of 100 connections) instead of opening one per session.
+# --8<-- [start:client]
+# Client. httpx clients are thread-safe, so the script threads of all sessions
+# share the process's two clients and their connection pools (httpx's default
+# of 100 connections each) instead of opening connections per session.
 @st.cache_resource
 def get_client(backend_url: str, timeout_s: float, attempts: int) -> Client:
     """Create a process-wide backend client for these settings."""
@@ -103,6 +105,7 @@ def status_client(settings: Settings) -> Client:
     return get_client(settings.backend_url, settings.request_timeout_s, 1)
 
 
+# --8<-- [end:client]
 # Layout.
 def show_backend_status(settings: Settings) -> None:
     """Ask the backend whether it is ready and show that with the model info."""
@@ -164,6 +167,7 @@ def show_inputs(settings: Settings) -> None:
             args=(settings,),
         )
     with drawing_column:
+        # --8<-- [start:drawing]
         # Importing the canvas registers its component, which needs a running
         # Streamlit server, and cli.py imports this module without one.
         from streamlit_drawable_canvas import st_canvas
@@ -183,6 +187,7 @@ def show_inputs(settings: Settings) -> None:
         # drawing is sent in the rerun that the button click starts.
         if st.button("Predict drawing", key="predict-drawing"):
             predict_drawing(settings, drawing)
+        # --8<-- [end:drawing]
 
     examples = first_example_per_label()
     if not examples:

@@ -107,6 +107,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO, one line per poll of every open tab.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # The app reads its settings from the environment in every session, so
     # a --backend-url flag reaches it through BACKEND_URL.
     os.environ["BACKEND_URL"] = settings.backend_url
