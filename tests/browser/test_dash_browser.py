@@ -99,7 +99,7 @@ def test_dash_page_survives_backend_restart(
         "Handwritten digit recognition"
     )
     expect(page.locator("#backend-state")).to_have_text("Backend: ready")
-    expect(page.locator("#model-info")).to_contain_text("held-out accuracy")
+    expect(page.locator("#model-info")).to_contain_text("Held-out accuracy")
 
     # An upload shows the label, the confidence, the latency and the chart.
     upload(page, first.path)

@@ -117,12 +117,12 @@ def test_predict_closed_port_shows_unreachable(use_backend: UseBackend) -> None:
     contents = dash_app.data_url(b"\x89PNG")
 
     result, error = dash_app.predict(contents, "digit.png")
-    state, model_line = dash_app.refresh_backend(0)
+    state, model_info = dash_app.refresh_backend(0, None)
 
     assert result is None
     assert "is not reachable" in text_of(error)
     assert state == "Backend: unreachable"
-    assert model_line == ""
+    assert model_info is None
 
 
 def test_predict_backend_limit_shows_too_large(
@@ -171,12 +171,25 @@ def test_refresh_backend_ready_shows_model(
 ) -> None:
     use_backend(backend_url)
 
-    state, model_line = dash_app.refresh_backend(3)
+    state, model_info = dash_app.refresh_backend(3, None)
+
+    text = text_of(model_info)
+    assert state == "Backend: ready"
+    assert text.startswith("Model: "), text
+    assert "Held-out accuracy: " in text
+    assert "Device: cpu" in text
+
+
+def test_refresh_backend_keeps_shown_model(
+    backend_url: str, use_backend: UseBackend
+) -> None:
+    use_backend(backend_url)
+    shown = [{"type": "P", "namespace": "dash_html_components", "props": {}}]
+
+    state, model_info = dash_app.refresh_backend(4, shown)
 
     assert state == "Backend: ready"
-    assert model_line.startswith("Model: "), model_line
-    assert "held-out accuracy: " in model_line
-    assert "device: cpu" in model_line
+    assert model_info is dash_app.no_update
 
 
 @pytest.mark.parametrize(
@@ -381,7 +394,7 @@ def test_route_refresh_backend_ready(dash_url: str) -> None:
     assert response.status_code == 200, response.text
     answer = response.json()["response"]
     assert answer["backend-state"]["children"] == "Backend: ready"
-    assert answer["model-info"]["children"].startswith("Model: ")
+    assert "Model: " in json.dumps(answer["model-info"]["children"])
 
 
 def test_route_oversized_request_rejected(dash_url: str) -> None:

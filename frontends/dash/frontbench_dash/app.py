@@ -27,12 +27,13 @@ from dash import (
     ctx,
     dcc,
     html,
+    no_update,
 )
 from dash.exceptions import PreventUpdate
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from frontbench_shared.api import Prediction
+from frontbench_shared.api import ModelInfo, Prediction
 from frontbench_shared.client import DEFAULT_BASE_URL, Client, Retries, resolve_base_url
 from frontbench_shared.errors import BackendError, BackendUnavailable, user_message
 from frontbench_shared.examples import list_examples
@@ -136,7 +137,7 @@ upload_column = html.Section(
             max_size=settings.max_request_bytes,
         ),
         html.Img(id="preview", hidden=True, alt="Uploaded image"),
-        html.H2("Example digits"),
+        html.H2("Or try a held-out example"),
         html.Div(example_buttons, id="examples"),
     ]
 )
@@ -149,9 +150,9 @@ app = Dash(__name__, title=TITLE, update_title="")
 app.layout = html.Main(
     [
         html.H1("Handwritten digit recognition"),
-        html.P("Backend: not ready", id="backend-state"),
+        html.P("Backend: checking", id="backend-state"),
         html.Div([upload_column, answer_column], className="columns"),
-        html.P(id="model-info"),
+        html.Div(id="model-info"),
         dcc.Interval(id="poll", interval=settings.poll_interval_s * 1000),
     ]
 )
@@ -251,28 +252,38 @@ def read_upload(contents: object) -> bytes:
     Output("backend-state", "children"),
     Output("model-info", "children"),
     Input("poll", "n_intervals"),
+    State("model-info", "children"),
 )
-def refresh_backend(n_intervals: int | None) -> tuple[str, str]:
-    """Return the backend's state line and the model information line."""
+def refresh_backend(n_intervals: int | None, model_info: Any) -> tuple[Any, Any]:
+    """Return the backend's state line and the model information.
+
+    The model information is read when the backend is ready and the page shows
+    none. So it is read again after every outage that a poll sees, because the
+    backend may serve another model when it comes back.
+    """
     client = get_status_client()
-    model_line = ""
+    info: ModelInfo | None = None
     try:
         health = client.health()
         state = "ready" if health.status == "ready" else "not ready"
         detail = health.detail
-        if state == "ready":
+        if state == "ready" and not model_info:
             info = client.model_info()
-            model_line = (
-                f"Model: {info.name} {info.version} · "
-                f"held-out accuracy: {info.heldout_accuracy * 100:.1f} % · "
-                f"device: {info.device}"
-            )
     except BackendError as exc:
         unreachable = isinstance(exc, BackendUnavailable)
         state = "unreachable" if unreachable else "not ready"
         detail = f"{exc.message} (request id {exc.request_id})"
     _log_state_change(state, detail)
-    return f"Backend: {state}", model_line
+
+    if state != "ready":
+        return f"Backend: {state}", None
+    if info is None:
+        return "Backend: ready", no_update
+    return "Backend: ready", [
+        html.P(f"Model: {info.name} {info.version}"),
+        html.P(f"Held-out accuracy: {info.heldout_accuracy * 100:.1f} %"),
+        html.P(f"Device: {info.device}"),
+    ]
 
 
 # Every open page polls, so each worker logs only a change of state. Two
@@ -321,7 +332,7 @@ def render_prediction(prediction: Prediction, latency_ms: float) -> list[Any]:
 # --- Rendering of errors ---------------------------------------------------
 def render_error(message: str) -> html.P:
     """Render a message about a failed prediction for the page."""
-    return html.P(f"Error: {message}")
+    return html.P(message)
 
 
 # --- Entry point -----------------------------------------------------------
