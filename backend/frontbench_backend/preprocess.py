@@ -46,7 +46,7 @@ BORDER_FRACTION = 0.05
 """Width of the border, as a share of the shorter side, whose median is the paper."""
 
 WORKING_MAX_SIDE = 2048
-"""Longest side in pixels that the ink is searched at; larger images are reduced."""
+"""Maximum side in pixels at which the ink is searched; larger images are reduced."""
 
 # In load_digits the ink of every digit spans all 8 rows and about 6 of the 8
 # columns, centred, so the digit's box fills the frame along its longer side

@@ -128,7 +128,8 @@ def digit_ink(image: NDArray[np.float32], size: int) -> NDArray[np.float32]:
     """Upscale an 8x8 data-set image to `size` pixels of ink share 0..1."""
     ink = Image.fromarray((image / PIXEL_MAX).astype(np.float32))
     scaled = ink.resize((size, size), Image.Resampling.BICUBIC)
-    return np.clip(np.asarray(scaled), 0.0, 1.0)
+    clipped: NDArray[np.float32] = np.clip(np.asarray(scaled), 0.0, 1.0)
+    return clipped
 
 
 def render(ink: NDArray[np.float32], mode: str, polarity: str) -> Image.Image:
@@ -322,7 +323,8 @@ def test_decode_image_reads_first_gif_frame(
     ]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
+    with Image.open(io.BytesIO(buffer.getvalue())) as stored:
+        assert getattr(stored, "n_frames", 1) == 2, "the GIF has one frame"
 
     image = decode_image(buffer.getvalue(), max_pixels=MAX_PIXELS)
     expected = model.metadata.labels[int(split.heldout_labels[first])]
@@ -463,6 +465,7 @@ def test_decode_image_turns_pillow_bomb_check_into_error(
     width: int, height: int
 ) -> None:
     # A limit above Pillow's own leaves Pillow's decompression bomb check to act.
+    assert Image.MAX_IMAGE_PIXELS is not None
     assert width * height > Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageTooLarge) as caught:
         decode_image(png_header_only(width, height), max_pixels=10**10)

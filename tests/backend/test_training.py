@@ -162,12 +162,36 @@ def test_train_and_save_rejects_invalid_option(
     assert not (tmp_path / "model.pt").exists()
 
 
-def _torch_save(value: object) -> Callable[[Path], None]:
-    return lambda path: torch.save(value, path)
+Writer = Callable[[Path, Path], None]
+"""Writes a bad checkpoint to its first path, given a good one at the second."""
 
 
-def _edited_checkpoint(source: Path, **changes: object) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
+def _write_nothing(path: Path, source: Path) -> None:
+    pass
+
+
+def _write_empty(path: Path, source: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _write_random_bytes(path: Path, source: Path) -> None:
+    path.write_bytes(os.urandom(512))
+
+
+def _write_truncated(path: Path, source: Path) -> None:
+    path.write_bytes(source.read_bytes()[:2000])
+
+
+def _write_other_dictionary(path: Path, source: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+def _write_tensor(path: Path, source: Path) -> None:
+    torch.save(torch.zeros(3), path)
+
+
+def _write_edited(**changes: object) -> Writer:
+    def write(path: Path, source: Path) -> None:
         content = torch.load(source, weights_only=True)
         content.update(changes)
         torch.save(content, path)
@@ -175,50 +199,31 @@ def _edited_checkpoint(source: Path, **changes: object) -> Callable[[Path], None
     return write
 
 
-BAD_CHECKPOINTS: dict[str, tuple[Callable[..., Callable[[Path], None] | None], str]] = {
-    "missing": (lambda source: None, "not found"),
-    "empty": (lambda source: lambda path: path.write_bytes(b""), "corrupt"),
-    "random bytes": (
-        lambda source: lambda path: path.write_bytes(os.urandom(512)),
-        "corrupt",
-    ),
-    "truncated": (
-        lambda source: lambda path: path.write_bytes(source.read_bytes()[:2000]),
-        "corrupt",
-    ),
-    "other dictionary": (
-        lambda source: _torch_save({"weights": 1}),
-        "not a frontbench",
-    ),
-    "tensor": (lambda source: _torch_save(torch.zeros(3)), "not a frontbench"),
-    "newer format": (
-        lambda source: _edited_checkpoint(source, format_version=99),
-        "format version 99",
-    ),
-    "bad metadata": (
-        lambda source: _edited_checkpoint(source, metadata={"name": "x"}),
-        "invalid metadata",
-    ),
+BAD_CHECKPOINTS: dict[str, tuple[Writer, str]] = {
+    "missing": (_write_nothing, "not found"),
+    "empty": (_write_empty, "corrupt"),
+    "random bytes": (_write_random_bytes, "corrupt"),
+    "truncated": (_write_truncated, "corrupt"),
+    "other dictionary": (_write_other_dictionary, "not a frontbench"),
+    "tensor": (_write_tensor, "not a frontbench"),
+    "newer format": (_write_edited(format_version=99), "format version 99"),
+    "bad metadata": (_write_edited(metadata={"name": "x"}), "invalid metadata"),
     "wrong weights": (
-        lambda source: _edited_checkpoint(source, state_dict={"w": torch.zeros(1)}),
+        _write_edited(state_dict={"w": torch.zeros(1)}),
         "do not fit",
     ),
+    "no architecture": (_write_edited(architecture=None), "do not fit"),
 }
 
 
 @pytest.mark.parametrize(
-    ("make", "message"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys()
+    ("write", "message"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys()
 )
 def test_load_checkpoint_rejects_bad_file(
-    tmp_path: Path,
-    checkpoint: Path,
-    make: Callable[[Path], Callable[[Path], None] | None],
-    message: str,
+    tmp_path: Path, checkpoint: Path, write: Writer, message: str
 ) -> None:
     path = tmp_path / "bad.pt"
-    writer = make(checkpoint)
-    if writer is not None:
-        writer(path)
+    write(path, checkpoint)
 
     with pytest.raises(CheckpointError, match=message) as caught:
         load_checkpoint(path, torch.device("cpu"))
