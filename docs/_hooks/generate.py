@@ -8,10 +8,16 @@ as well as in `mkdocs build --strict`.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+ROOT = Path(__file__).resolve().parents[2]
+FRAMEWORKS = ("streamlit", "dash", "gradio")
+COMPARISON_RECORD = ROOT / "docs" / "benchmarks" / "comparison.json"
+SCALING_RECORD = ROOT / "docs" / "benchmarks" / "scaling" / "summary.json"
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -119,7 +125,145 @@ def render_api() -> str:
     return "\n".join(lines)
 
 
-_RENDERERS: dict[str, Callable[[], str]] = {"api": render_api}
+def app_file(framework: str, name: str = "app.py") -> Path:
+    """Return the path of one file of a frontend's package."""
+    return ROOT / "frontends" / framework / f"frontbench_{framework}" / name
+
+
+def count_code_lines(path: Path) -> int:
+    """Count the lines of a Python file that are neither blank nor comments."""
+    count = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            count += 1
+    return count
+
+
+def _load_record(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path.relative_to(ROOT)} is missing; run the measurement that "
+            "writes it (see docs/comparison.md) and commit the result"
+        )
+    record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return record
+
+
+def _machine_line(machine: dict[str, Any], date: str, command: str) -> str:
+    memory_gib = machine.get("memory_bytes", 0) / 2**30
+    return (
+        f"Measured on {date} with `{command}` on {machine.get('cpu_model', '?')}, "
+        f"{machine.get('cpus_available', '?')} CPUs, {memory_gib:.0f} GiB of memory."
+    )
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def render_comparison_measured() -> str:
+    """Render the measured comparison: code size, install size, start, memory."""
+    record = _load_record(COMPARISON_RECORD)
+    lines = [
+        "| | " + " | ".join(name.capitalize() for name in FRAMEWORKS) + " |",
+        "|---|" + "---|" * len(FRAMEWORKS),
+    ]
+
+    def row(title: str, cells: list[str]) -> None:
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+
+    row(
+        "lines of code of `app.py` (no blanks, no comments)",
+        [str(count_code_lines(app_file(name))) for name in FRAMEWORKS],
+    )
+    row(
+        "lines of code of `cli.py` (the server start)",
+        [str(count_code_lines(app_file(name, "cli.py"))) for name in FRAMEWORKS],
+    )
+    measured = record["frameworks"]
+    row(
+        "installed size of the extra, with every dependency",
+        [
+            f"{measured[name]['installed_mb']:.0f} MB "
+            f"({measured[name]['distributions']} distributions)"
+            for name in FRAMEWORKS
+        ],
+    )
+    row(
+        "cold start to the first rendered page (median)",
+        [f"{measured[name]['cold_start_s']:.1f} s" for name in FRAMEWORKS],
+    )
+    row(
+        "server memory when idle",
+        [f"{measured[name]['idle_rss_mb']:.0f} MB" for name in FRAMEWORKS],
+    )
+    row(
+        "server memory added per browser session",
+        [f"{measured[name]['rss_per_session_mb']:.1f} MB" for name in FRAMEWORKS],
+    )
+    lines.append("")
+    lines.append(
+        _machine_line(record["machine"], record["date"], record["command"])
+        + f" Memory per session: {measured[FRAMEWORKS[0]]['sessions']} sessions "
+        "each opened the page in Chromium and made one prediction."
+    )
+    return "\n".join(lines)
+
+
+def render_comparison_scaling() -> str:
+    """Render added latency and throughput per setup from the scaling record."""
+    record = _load_record(SCALING_RECORD)
+    runs: list[dict[str, Any]] = record["runs"]
+    environment = record["environment"]
+    replicas = sorted({run["replicas"] for run in runs})
+    setups = [
+        name
+        for name in ("direct", *FRAMEWORKS)
+        if any(run["setup"] == name for run in runs)
+    ]
+
+    def runs_of(setup: str, count: int) -> list[dict[str, Any]]:
+        return [r for r in runs if r["setup"] == setup and r["replicas"] == count]
+
+    lines = [
+        "| setup | added p50 latency over direct (1 replica) | "
+        + " | ".join(f"interactions/s at {count} replicas" for count in replicas)
+        + " |",
+        "|---|---|" + "---|" * len(replicas),
+    ]
+    direct_p50 = _median_of(runs_of("direct", replicas[0]), "p50_ms")
+    for setup in setups:
+        p50 = _median_of(runs_of(setup, replicas[0]), "p50_ms")
+        if setup == "direct" or p50 is None or direct_p50 is None:
+            added = "" if setup == "direct" else "n/a"
+        else:
+            added = f"{p50 - direct_p50:+.0f} ms"
+        cells = []
+        for count in replicas:
+            throughput = _median_of(runs_of(setup, count), "throughput")
+            cells.append("n/a" if throughput is None else f"{throughput:.1f}")
+        lines.append(f"| {setup} | {added} | " + " | ".join(cells) + " |")
+    users = sorted({run["users"] for run in runs})
+    lines.append("")
+    lines.append(
+        _machine_line(
+            environment.get("machine", {}),
+            str(environment.get("date", "?")),
+            str(environment.get("command", "frontbench bench")),
+        )
+        + f" Users: {', '.join(map(str, users))}. The full report is in "
+        "[the scaling record](benchmarks/scaling/report.md)."
+    )
+    return "\n".join(lines)
+
+
+_RENDERERS: dict[str, Callable[[], str]] = {
+    "api": render_api,
+    "comparison-measured": render_comparison_measured,
+    "comparison-scaling": render_comparison_scaling,
+}
 
 
 def render(name: str) -> str:
