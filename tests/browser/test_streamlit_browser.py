@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from frontbench_shared.examples import Example
 from frontbench_shared.processes import ManagedProcess, free_port, python_argv
@@ -101,6 +102,33 @@ def test_drawing_shows_a_prediction(page: Any, streamlit_url: str) -> None:
 
     page.get_by_text("Predicted digit: ").first.wait_for(timeout=APPEAR_TIMEOUT_MS)
     assert page.get_by_text("drawing.png").count() == 1
+
+
+def test_uploader_rejects_large_and_text_files(
+    page: Any,
+    start_frontend: Callable[..., str],
+    backend_url: str,
+    examples: list[Example],
+    tmp_path: Path,
+) -> None:
+    frontend_url = start_frontend(
+        "streamlit", backend_url, FRONTBENCH_STREAMLIT_MAX_UPLOAD_MB="1"
+    )
+    # Random pixels do not compress, so this PNG is about 1.7 MB.
+    large = tmp_path / "large.png"
+    Image.frombytes("L", (1300, 1300), os.urandom(1300 * 1300)).save(large)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    open_app(page, frontend_url)
+
+    upload(page, large)
+    page.get_by_text("or smaller", exact=False).first.wait_for()
+    upload(page, notes)
+    page.get_by_text("files are not allowed", exact=False).first.wait_for()
+    assert page.get_by_text("Predicted digit: ").count() == 0
+
+    upload(page, examples[1].path)
+    expect_text(page, f"Predicted digit: {examples[1].label}")
 
 
 @pytest.fixture
