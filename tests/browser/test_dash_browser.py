@@ -52,7 +52,11 @@ class RestartableBackend:
                 "FRONTBENCH_TORCH_THREADS": "1",
             },
         ).start()
-        self.process.wait_ready(f"{self.url}/readyz")
+        try:
+            self.process.wait_ready(f"{self.url}/readyz")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is not None:
@@ -64,8 +68,8 @@ class RestartableBackend:
 def backend(checkpoint: Path) -> Iterator[RestartableBackend]:
     """Start a backend of this test's own and stop it at the end."""
     restartable = RestartableBackend(checkpoint)
-    restartable.start()
     try:
+        restartable.start()
         yield restartable
     finally:
         restartable.stop()

@@ -255,11 +255,19 @@ def test_settings_backend_url_alias(
 # --- The gunicorn server and its callback route -------------------------------
 
 
+# The server's upload limit, small so that the size tests send little data.
+SERVER_MAX_UPLOAD_BYTES = 100_000
+
+
 @pytest.fixture(scope="module")
 def dash_url(start_frontend: Callable[..., str], backend_url: str) -> str:
     """Return the URL of a real Dash server that uses the shared backend."""
     return start_frontend(
-        "dash", backend_url, FRONTBENCH_DASH_WORKERS="2", FRONTBENCH_DASH_THREADS="2"
+        "dash",
+        backend_url,
+        FRONTBENCH_DASH_WORKERS="2",
+        FRONTBENCH_DASH_THREADS="2",
+        FRONTBENCH_DASH_MAX_UPLOAD_BYTES=str(SERVER_MAX_UPLOAD_BYTES),
     )
 
 
@@ -397,8 +405,19 @@ def test_route_refresh_backend_ready(dash_url: str) -> None:
     assert "Model: " in json.dumps(answer["model-info"]["children"])
 
 
+def test_route_large_upload_shows_limit(dash_url: str) -> None:
+    image = noise_png(400)
+    assert len(image) > SERVER_MAX_UPLOAD_BYTES, "the test image is too small"
+
+    answer = predict_via_route(dash_url, dash_app.data_url(image), "noise.png")
+
+    assert answer["result"]["children"] is None
+    assert f"at most {SERVER_MAX_UPLOAD_BYTES} bytes" in json.dumps(answer["error"])
+
+
 def test_route_oversized_request_rejected(dash_url: str) -> None:
-    limit = dash_app.Settings().max_request_bytes
+    settings = dash_app.Settings(max_upload_bytes=SERVER_MAX_UPLOAD_BYTES)
+    limit = settings.max_request_bytes
     spec = find_callback(dash_url, "result.children")
     contents = "data:image/png;base64," + "A" * (limit + 1)
 
