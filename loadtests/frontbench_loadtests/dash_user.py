@@ -129,8 +129,8 @@ class DashUser(User):
             result["bytes"] = len(response.content)
             if response.status_code != 200:
                 raise ErrorAnswer(
-                    f"/_dash-update-component answered HTTP {response.status_code}: "
-                    f"{response.text[:200]}"
+                    "/_dash-update-component responded with HTTP "
+                    f"{response.status_code}: {response.text[:200]}"
                 )
             updates = response.json().get("response", {})
             error_text = collect_text(updates.get(ERROR_ID, {})).strip()

@@ -166,6 +166,6 @@ class GradioUser(User):
 def _raise_for_status(response: requests.Response, route: str) -> None:
     if response.status_code >= 400:
         raise ErrorAnswer(
-            f"Gradio's {route} route answered HTTP {response.status_code}: "
+            f"Gradio's {route} route responded with HTTP {response.status_code}: "
             f"{response.text[:200]}"
         )

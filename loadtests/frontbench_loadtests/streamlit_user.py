@@ -157,7 +157,9 @@ class StreamlitUser(User):
             if answer.response_id != request.file_urls_request.request_id:
                 continue
             if answer.error_msg:
-                raise ErrorAnswer(f"Streamlit refused the upload: {answer.error_msg}")
+                raise ErrorAnswer(
+                    f"Streamlit rejected the upload request: {answer.error_msg}"
+                )
             break
 
         urls = answer.file_urls[0]
@@ -169,7 +171,7 @@ class StreamlitUser(User):
         )
         if response.status_code >= 400:
             raise ErrorAnswer(
-                f"Streamlit's upload route answered HTTP {response.status_code}: "
+                f"Streamlit's upload route responded with HTTP {response.status_code}: "
                 f"{response.text[:200]}"
             )
         return urls
