@@ -2,8 +2,8 @@
 
 `create_app(settings)` builds one app; uvicorn calls `create_app_from_env()`
 in each worker process. The model is loaded by a background task that the
-lifespan starts, so the server answers `/healthz` and a 503 on `/readyz`
-while the checkpoint is trained (on a first start) or loaded and warmed up.
+lifespan starts, so the server responds to `/healthz`, and to `/readyz`
+with 503, while the checkpoint is trained (on a first start) or loaded and warmed up.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ _PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class ServingState:
-    """What the request handlers of one worker share once the model is ready."""
+    """The loaded model and inference thread that one worker's handlers share."""
 
     model: LoadedModel
     batcher: Batcher
@@ -87,7 +87,7 @@ class ServingState:
 
 
 class Backend:
-    """Loads the model in the background and holds it for the request handlers."""
+    """Loads the model in the background and keeps it for the request handlers."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -369,7 +369,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.backend = backend
     install_error_handlers(app)
     # Added last means outermost: the request id exists before the upload
-    # limit can reject a request, so that answer carries it too.
+    # limit can reject a request, so that response carries it too.
     app.add_middleware(
         UploadLimitMiddleware, path=PREDICT_PATH, max_bytes=settings.max_upload_bytes
     )

@@ -35,7 +35,7 @@ class BatcherClosed(RuntimeError):
 
 @dataclass(frozen=True)
 class BatchResult:
-    """The answer for one image, and how it was computed."""
+    """The prediction for one image, with the size and timing of its batch."""
 
     probabilities: np.ndarray
     batch_size: int

@@ -15,9 +15,10 @@ import os
 import sys
 from typing import Any
 
+import torch
 import uvicorn
 
-from frontbench_backend.model import CheckpointError, resolve_device
+from frontbench_backend.model import CheckpointError, load_checkpoint, resolve_device
 from frontbench_backend.settings import (
     Settings,
     SettingsError,
@@ -145,6 +146,10 @@ def main(argv: list[str]) -> int:
 
     try:
         metadata = ensure_checkpoint(settings.model_path)
+        # Loading once here, on the CPU, stops the start with a clear message
+        # when the checkpoint's weights no longer fit the network, instead of
+        # leaving every worker not ready.
+        load_checkpoint(settings.model_path, torch.device("cpu"))
     except (CheckpointError, OSError) as exc:
         print(f"frontbench backend: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
-"""HTTP error handling: every failed request gets an `ErrorBody` JSON answer.
+"""HTTP error handling: every failed request gets an `ErrorBody` JSON response.
 
 Two pure ASGI middlewares and the app's exception handlers live here.
 `RequestContextMiddleware` gives each request its id, writes the access log
 line and the request metrics, and turns any unhandled exception into a 500
-`ErrorBody`. `UploadLimitMiddleware` answers 413 as soon as an upload to
+`ErrorBody`. `UploadLimitMiddleware` responds with 413 as soon as an upload to
 `/v1/predict` is known to exceed the limit, before the body is read. The
 exception handlers map `ImageError`, FastAPI's validation errors and HTTP
 exceptions to statuses and error kinds, and log each client error once at
@@ -134,7 +134,7 @@ def error_response(
     status_code: int | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """Log a client error once at WARNING, count it, and build its answer."""
+    """Log a client error once at WARNING, count it, and build its response."""
     status = status_code or STATUS_BY_KIND[kind]
     request_id = request_id_of(scope)
     logger.warning(
@@ -235,7 +235,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
             request.scope, ErrorKind.PAYLOAD_TOO_LARGE, str(exc.detail)
         )
     if exc.status_code == 400:
-        # Starlette answers 400 for a multipart body it cannot parse, and
+        # Starlette raises a 400 for a multipart body it cannot parse, and
         # FastAPI for any other body error, with the reason as the cause.
         reason = exc.__cause__ or exc.detail
         return error_response(
@@ -254,7 +254,7 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn exceptions into ErrorBody answers."""
+    """Register the handlers that turn exceptions into ErrorBody responses."""
     app.add_exception_handler(ApiError, _handle_api_error)
     app.add_exception_handler(ImageError, _handle_image_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
@@ -271,8 +271,8 @@ class RequestContextMiddleware:
     """Give each request an id, log and measure it, and catch unhandled errors.
 
     The id comes from the request's `X-Request-ID` when that is valid, and is
-    set on every answer. An exception that no handler caught is logged with
-    its traceback and answered with a 500 `ErrorBody`, so no traceback ever
+    set on every response. An exception that no handler caught is logged with
+    its traceback and gets a 500 `ErrorBody`, so no traceback ever
     reaches a client.
     """
 
@@ -341,12 +341,12 @@ class RequestContextMiddleware:
 
 
 class UploadLimitMiddleware:
-    """Answer 413 once an upload to `path` exceeds `max_bytes`, unread.
+    """Respond with 413 as soon as an upload to `path` exceeds `max_bytes`.
 
-    A declared Content-Length over the limit is answered before any of the
-    body is received. A body without Content-Length (chunked) or with a false
-    one is counted while it streams in, and the request stops at the first
-    chunk that passes the limit, so at most one chunk over the limit is held.
+    A declared Content-Length over the limit gets its 413 before any of the
+    body is received. A chunked body, which has no Content-Length, is counted
+    while it streams in, and the request stops at the first chunk that passes
+    the limit, so at most one chunk over the limit is held in memory.
     """
 
     def __init__(self, app: ASGIApp, *, path: str, max_bytes: int) -> None:
@@ -368,7 +368,7 @@ class UploadLimitMiddleware:
                 ErrorKind.PAYLOAD_TOO_LARGE,
                 detail,
                 # The unread body makes the connection unusable for another
-                # request, so the client is told that it will be closed.
+                # request, so the response says that it will be closed.
                 headers={"Connection": "close"},
             )
             await response(scope, receive, send)
@@ -395,8 +395,8 @@ class UploadLimitMiddleware:
         try:
             await self.app(scope, receive_with_limit, send_tracking)
         except UploadTooLarge as exc:
-            # Normally the app's HTTPException handler answers; this covers a
-            # read outside of any handler.
+            # Normally the app's HTTPException handler responds. This covers a
+            # body read outside of any handler.
             if response_started:
                 raise
             response = error_response(

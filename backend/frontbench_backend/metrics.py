@@ -55,20 +55,20 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "frontbench_requests",
-            "HTTP requests answered, by route template, method and status.",
+            "HTTP requests completed, by route template, method and status.",
             ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "frontbench_request_duration_seconds",
-            "Time from receiving a request to sending the end of its answer.",
+            "Time from receiving a request to sending the end of its response.",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.errors = Counter(
             "frontbench_errors",
-            "Error answers, by error kind.",
+            "Error responses, by error kind.",
             ["kind"],
             registry=self.registry,
         )
@@ -93,7 +93,7 @@ class Metrics:
     def observe_request(
         self, *, route: str, method: str, status: int, seconds: float
     ) -> None:
-        """Count one answered request and record its latency."""
+        """Count one completed request and record its latency."""
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.latency.labels(route=route).observe(seconds)
 

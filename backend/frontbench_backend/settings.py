@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-# What each variable accepts, in the words of the error message.
+# The accepted values of each variable, as the error message words them.
 _ACCEPTED: dict[str, str] = {
     "model_path": "a file path",
     "device": "auto, cpu, cuda, cuda:N (N a GPU index) or mps",
