@@ -154,7 +154,7 @@ def _assert_error(response: httpx.Response, status: int, kind: ErrorKind) -> Err
 @pytest.mark.parametrize(
     ("case", "status", "kind", "phrase"), CASES.values(), ids=CASES
 )
-def test_predict_bad_input_answers_error_body(
+def test_predict_bad_input_returns_error_body(
     backend_url: str,
     examples: list[Example],
     case: Any,
@@ -167,7 +167,7 @@ def test_predict_bad_input_answers_error_body(
     assert phrase in body.detail, body.detail
 
 
-def test_unknown_route_answers_404(backend_url: str) -> None:
+def test_unknown_route_returns_404(backend_url: str) -> None:
     response = httpx.get(backend_url + "/v2/predict")
     body = _assert_error(response, 404, ErrorKind.NOT_FOUND)
     assert "/v2/predict" in body.detail
@@ -177,7 +177,7 @@ def test_unknown_route_answers_404(backend_url: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path"), [("GET", PREDICT_PATH), ("DELETE", READY_PATH)]
 )
-def test_wrong_method_answers_405(backend_url: str, method: str, path: str) -> None:
+def test_wrong_method_returns_405(backend_url: str, method: str, path: str) -> None:
     response = httpx.request(method, backend_url + path)
     body = _assert_error(response, 405, ErrorKind.INVALID_REQUEST)
     assert method in body.detail
@@ -216,8 +216,8 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 @pytest.mark.timeout(60)
-def test_upload_over_declared_limit_answers_413_before_body(backend_url: str) -> None:
-    # Only the headers are sent: the answer must come without any of the body.
+def test_declared_upload_over_limit_returns_413(backend_url: str) -> None:
+    # Only the headers are sent, so the response must come without the body.
     with socket.create_connection(_address(backend_url), timeout=30) as sock:
         sock.sendall(
             f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: test\r\n"
@@ -233,7 +233,7 @@ def test_upload_over_declared_limit_answers_413_before_body(backend_url: str) ->
 
 
 @pytest.mark.timeout(60)
-def test_chunked_upload_over_limit_answers_413_while_streaming(
+def test_chunked_upload_over_limit_returns_413(
     backend_url: str,
 ) -> None:
     # No Content-Length: the server has to count the bytes as they arrive.
@@ -253,7 +253,7 @@ def test_chunked_upload_over_limit_answers_413_while_streaming(
         sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
         framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         pending = b""
-        # Send chunk after chunk until the answer arrives, keeping the chunk
+        # Send chunk after chunk until the response arrives, keeping the chunk
         # framing intact across partial sends.
         while sent < most_sent:
             readable, writable, _ = select.select([sock], [sock], [], 30)
@@ -288,7 +288,7 @@ async def _send_mixed_bad_requests(
 
 
 @pytest.mark.timeout(180)
-def test_many_concurrent_bad_requests_leave_server_healthy(
+def test_concurrent_bad_requests_leave_server_healthy(
     backend_url: str, examples: list[Example]
 ) -> None:
     responses = asyncio.run(_send_mixed_bad_requests(backend_url, examples, 100))

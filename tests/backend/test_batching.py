@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from frontbench_backend.batching import Batcher, BatcherClosed, BatchResult
-from frontbench_backend.model import LoadedModel, load_checkpoint
+from frontbench_backend.model import LoadedModel
 from frontbench_backend.preprocess import decode_image, to_model_input
 from frontbench_shared.api import METRICS_PATH, MODEL_PATH, PREDICT_PATH, Prediction
 from frontbench_shared.examples import Example
 
-# Long enough that images submitted together always share a batch, even on
-# a loaded machine; the tests check batch sizes, never durations.
+# Long enough that images submitted together share a batch even on a loaded
+# machine. The tests check batch sizes, never durations.
 PATIENT_WAIT_MS = 300.0
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> LoadedModel:
-    import torch
-
-    torch.set_num_threads(1)
-    return load_checkpoint(checkpoint, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
