@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 2
     # Threads per worker, each running one callback at a time. A prediction
     # mostly waits on the backend, so 8 threads keep a scaled backend busy,
-    # while many more would only contend for the worker's GIL.
+    # while many more would mostly contend for the worker's GIL.
     threads: Annotated[int, Field(ge=1)] = 8
     # Seconds that a stopping worker gets to finish the callbacks it runs.
     graceful_timeout_s: Annotated[int, Field(ge=1)] = 10
@@ -160,8 +160,11 @@ app.layout = html.Main(
 # The preview is set in the browser, so the image is not sent back to it.
 clientside_callback(
     """function (contents) {
-        const isImage = Boolean(contents) && contents.startsWith("data:image/");
-        return [isImage ? contents : null, !isImage];
+        // Chromium and Firefox do not display TIFF, so TIFF gets no preview.
+        const shown = ["png", "jpeg", "webp", "bmp", "gif"].some(
+            (type) => (contents || "").startsWith(`data:image/${type};`)
+        );
+        return [shown ? contents : null, !shown];
     }""",
     Output("preview", "src"),
     Output("preview", "hidden"),

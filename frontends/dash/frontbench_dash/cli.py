@@ -7,11 +7,14 @@ stops them all on SIGTERM (gracefully) or SIGINT (at once) and then exits.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import logging.config
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,6 +28,8 @@ READY_PATH = "/"
 
 _ENV_PREFIX = "FRONTBENCH_DASH_"
 _BACKEND_URL_ENV = "BACKEND_URL"
+# The module name of an app loaded with --app, so Dash finds its assets folder.
+_APP_MODULE = "frontbench_dash_app"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="base URL of the model backend (BACKEND_URL; default "
         "http://127.0.0.1:8000)",
     )
+    parser.add_argument(
+        "--app",
+        type=Path,
+        metavar="PATH",
+        help="Python file whose `server` to serve, such as an exercise (default: "
+        "the reference app, frontbench_dash.app)",
+    )
     return parser
+
+
+def load_app_module(path: Path | None) -> ModuleType:
+    """Import the reference app, or the Dash app in the file at `path`.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ValidationError: A setting in the environment is invalid.
+    """
+    if path is None:
+        from frontbench_dash import app
+
+        return app
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--app {str(path)!r} is not a file")
+    spec = importlib.util.spec_from_file_location(_APP_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"--app {str(path)!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Dash(__name__) looks the module up in sys.modules to find its folder.
+    sys.modules[_APP_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -125,10 +161,24 @@ def main(argv: list[str]) -> int:
     try:
         # Importing the app reads the settings. The workers are forked from
         # this process and so inherit the app without importing it again.
-        from frontbench_dash import app as dash_app
+        dash_app = load_app_module(args.app)
     except ValidationError as exc:
         print(
             "frontbench frontend dash: invalid settings:\n" + _describe(exc),
+            file=sys.stderr,
+        )
+        return 2
+    except FileNotFoundError as exc:
+        print(
+            f"frontbench frontend dash: {exc}; give the path of a Dash app file",
+            file=sys.stderr,
+        )
+        return 2
+    server = getattr(dash_app, "server", None)
+    if server is None:
+        print(
+            f"frontbench frontend dash: {dash_app.__file__} defines no `server`; "
+            "end it with `server = app.server`",
             file=sys.stderr,
         )
         return 2
@@ -149,8 +199,9 @@ def main(argv: list[str]) -> int:
     }
     _configure_logging()
     logger.info(
-        "starting the Dash app on http://%s:%d with gunicorn: %d workers x %d "
+        "starting the Dash app %s on http://%s:%d with gunicorn: %d workers x %d "
         "threads, backend %s, max upload %d bytes",
+        dash_app.__file__,
         settings.host,
         settings.port,
         settings.workers,
@@ -159,7 +210,7 @@ def main(argv: list[str]) -> int:
         settings.max_upload_bytes,
     )
     try:
-        _Gunicorn(options, lambda: dash_app.server).run()
+        _Gunicorn(options, lambda: server).run()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0
