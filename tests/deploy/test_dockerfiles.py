@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shlex
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,6 +359,29 @@ def test_dockerignore_keeps_copied_sources(component: Component) -> None:
         assert any(path == source or path.startswith(source + "/") for path in files), (
             f"{component.dockerfile} copies {source!r}, which .dockerignore excludes"
         )
+
+
+def test_dockerignore_keeps_tracked_package_files() -> None:
+    # Package data (example digit PNGs, Dash assets) must reach the wheel too.
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: git ls-files lists the tracked files")
+    folders = sorted({package.split("/")[0] for package in _pyproject_packages(REPO)})
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *folders],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout.split()
+    context = set(_context_files(REPO))
+    missing = [
+        path
+        for path in tracked
+        if path not in context and Path(path).name != "Dockerfile"
+    ]
+
+    assert tracked, f"git ls-files found nothing under {folders}"
+    assert missing == [], f".dockerignore leaves out package files {missing}"
 
 
 @pytest.mark.parametrize(
