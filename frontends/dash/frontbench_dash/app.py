@@ -161,10 +161,10 @@ app.layout = html.Main(
 clientside_callback(
     """function (contents) {
         // Chromium and Firefox do not display TIFF, so TIFF gets no preview.
-        const shown = ["png", "jpeg", "webp", "bmp", "gif"].some(
+        const previewable = ["png", "jpeg", "webp", "bmp", "gif"].some(
             (type) => (contents || "").startsWith(`data:image/${type};`)
         );
-        return [shown ? contents : null, !shown];
+        return [previewable ? contents : null, !previewable];
     }""",
     Output("preview", "src"),
     Output("preview", "hidden"),
@@ -261,7 +261,7 @@ def refresh_backend(n_intervals: int | None, model_info: Any) -> tuple[Any, Any]
     """Return the backend's state line and the model information.
 
     The model information is read when the backend is ready and the page shows
-    none. So it is read again after every outage that a poll sees, because the
+    none. So it is read again after every outage that a poll detects, because the
     backend may serve another model when it comes back.
     """
     client = get_status_client()
