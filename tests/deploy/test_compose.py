@@ -265,3 +265,15 @@ def test_compose_gpu_runs_cuda_backend(compose_gpu: dict[str, Any]) -> None:
 
 def test_compose_gpu_changes_only_backend(compose_gpu: dict[str, Any]) -> None:
     assert set(compose_gpu["services"]) == {"backend"}
+
+
+def test_compose_locust_targets_load_balancer(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["locust-master"]["environment"]
+    host = _interpolate_defaults(environment["LOCUST_HOST"])
+    match = re.fullmatch(r"http://([\w-]+):(\d+)", host)
+
+    assert match, f"LOCUST_HOST {host!r} is not http://SERVICE:PORT"
+    service, port = match.groups()
+    listen = re.findall(r"^\s*listen (\d+);", NGINX_CONFIG.read_text(), re.MULTILINE)
+    assert service == "lb", f"LOCUST_HOST {host} bypasses the load balancer"
+    assert listen == [port], f"lb listens on {listen}, LOCUST_HOST uses {port}"
