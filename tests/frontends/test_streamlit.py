@@ -186,6 +186,7 @@ def test_large_upload_shows_too_large(
         ("FRONTBENCH_STREAMLIT_PORT", "eighty"),
         ("FRONTBENCH_STREAMLIT_MAX_UPLOAD_MB", "0"),
         ("FRONTBENCH_STREAMLIT_STATUS_INTERVAL_S", "-1"),
+        ("BACKEND_URL", "ftp://127.0.0.1:8000"),
     ],
 )
 def test_cli_invalid_setting_names_variable(

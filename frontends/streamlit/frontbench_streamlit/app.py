@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from PIL import Image
-from pydantic import Field
+from PIL import Image, ImageOps
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from frontbench_shared.api import ModelInfo, Prediction
-from frontbench_shared.client import Client, Retries
+from frontbench_shared.client import Client, Retries, resolve_base_url
 from frontbench_shared.errors import BackendError, BackendUnavailable, user_message
 from frontbench_shared.examples import Example, list_examples
 
@@ -48,11 +48,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8501, ge=1, le=65535)
     # Streamlit's server.maxUploadSize, in units of 1024 * 1024 bytes. 10 equals
-    # the backend's default FRONTBENCH_MAX_UPLOAD_BYTES (10 MiB), so a file that
-    # the backend would reject is rejected by Streamlit's uploader first.
+    # the backend's default FRONTBENCH_MAX_UPLOAD_BYTES (10 MiB), so Streamlit's
+    # uploader rejects a larger file before it is sent.
     max_upload_mb: int = Field(default=10, ge=1)
-    # A session's script thread blocks on the backend for at most this long.
-    # Other sessions run in their own threads and are not held up.
+    # The limit for each step of a backend request (connect, send, read). Only
+    # the session's own script thread waits, and other sessions go on.
     request_timeout_s: float = Field(default=30.0, gt=0)
     # Every open browser tab sends GET /readyz to the backend at this interval,
     # so 100 idle tabs cost the backend 50 requests per second at 2 s.
@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # Streamlit's server.enableWebsocketCompression. Compression saves little
     # on these small messages and costs server CPU on every one of them.
     websocket_compression: bool = False
+
+    @field_validator("backend_url")
+    @classmethod
+    def _check_backend_url(cls, value: str) -> str:
+        return resolve_base_url(value)
 
 
 @dataclass(frozen=True)
@@ -91,25 +96,24 @@ def get_client(backend_url: str, timeout_s: float, attempts: int) -> Client:
     return Client(backend_url, timeout=timeout_s, retries=Retries(attempts=attempts))
 
 
-def prediction_client(settings: Settings) -> Client:
-    """Return the shared client for predictions, which retries failed connects."""
-    return get_client(settings.backend_url, settings.request_timeout_s, 3)
+def client_for(settings: Settings, *, retry: bool) -> Client:
+    """Return the shared client for predictions, or for the state poll.
 
-
-def status_client(settings: Settings) -> Client:
-    """Return the shared client for the state poll, which never retries.
-
-    The next poll repeats a failed check anyway, and each retry would log a
-    warning at every poll of every open tab.
+    The poll client never retries, because the next poll repeats a failed
+    check anyway and each retry would log a warning at every poll of every
+    open tab. The prediction client tries a failed connect 3 times.
     """
-    return get_client(settings.backend_url, settings.request_timeout_s, 1)
+    attempts = 3 if retry else 1
+    return get_client(settings.backend_url, settings.request_timeout_s, attempts)
 
 
 # --8<-- [end:client]
+
+
 # Layout.
 def show_backend_status(settings: Settings) -> None:
     """Ask the backend whether it is ready and show that with the model info."""
-    client = status_client(settings)
+    client = client_for(settings, retry=False)
     try:
         state = "ready" if client.health().status == "ready" else "not ready"
     except BackendUnavailable as exc:
@@ -219,9 +223,10 @@ def first_example_per_label() -> list[Example]:
 # the interaction starts, so the rerun renders the stored outcome.
 def predict(settings: Settings, image: bytes, filename: str) -> None:
     """Send one image to the backend and store the outcome or the error."""
+    client = client_for(settings, retry=True)
     started = time.perf_counter()
     try:
-        prediction = prediction_client(settings).predict(image, filename=filename)
+        prediction = client.predict(image, filename=filename)
     except BackendError as exc:
         logger.warning(
             "prediction for %s failed (request %s): %s", filename, exc.request_id, exc
@@ -265,9 +270,15 @@ def show_prediction(outcome: Outcome) -> None:
     prediction = outcome.prediction
     image_column, text_column = st.columns([1, 2])
     with image_column:
-        st.image(
-            preview(outcome.image, pixels=PREVIEW_PIXELS), caption=outcome.filename
-        )
+        try:
+            picture = preview(outcome.image, pixels=PREVIEW_PIXELS)
+        except OSError as exc:
+            # The backend decoded the file, so this needs a codec that only
+            # the backend's Pillow has. The answer is still valid.
+            logger.warning("no preview for %s: %s", outcome.filename, exc)
+            st.caption(f"No preview for {outcome.filename}")
+        else:
+            st.image(picture, caption=outcome.filename)
     with text_column:
         st.subheader(f"Predicted digit: {prediction.label}")
         st.markdown(f"Confidence: {prediction.confidence * 100:.1f} %")
@@ -288,13 +299,16 @@ def show_prediction(outcome: Outcome) -> None:
 def preview(image: bytes, *, pixels: int) -> bytes:
     """Fit an image into a square of `pixels` and return it as PNG bytes.
 
-    Small images such as the 8x8 examples are scaled up by a whole factor
-    with nearest-neighbour sampling, so they stay sharp. Large ones are
-    scaled down.
+    Small images are scaled up by a whole factor with nearest-neighbour
+    sampling, so they stay sharp, and large ones are scaled down. A photo is
+    turned upright by its EXIF orientation, as the backend does.
+
+    Raises:
+        OSError: Pillow cannot decode the image.
     """
     decoded = Image.open(io.BytesIO(image))
     decoded.seek(0)  # The first frame of an animated GIF or a multi-page TIFF.
-    picture = decoded.convert("RGB")
+    picture = ImageOps.exif_transpose(decoded).convert("RGB")
     if max(picture.size) > pixels:
         picture.thumbnail((pixels, pixels))
     else:
