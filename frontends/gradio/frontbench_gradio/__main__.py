@@ -1,0 +1,5 @@
+import sys
+
+from frontbench_gradio.cli import main
+
+raise SystemExit(main(sys.argv[1:]))
