@@ -274,7 +274,7 @@ def show_prediction(outcome: Outcome) -> None:
             picture = preview(outcome.image, pixels=PREVIEW_PIXELS)
         except OSError as exc:
             # The backend decoded the file, so this needs a codec that only
-            # the backend's Pillow has. The answer is still valid.
+            # the backend's Pillow has. The prediction is still valid.
             logger.warning("no preview for %s: %s", outcome.filename, exc)
             st.caption(f"No preview for {outcome.filename}")
         else:
