@@ -3,7 +3,7 @@
 It checks the ports and installed extras, starts every server as a child
 process in its own process group, waits until each one responds, prints
 their URLs and forwards their output with a `[name]` prefix. It stops all of
-them on Ctrl-C or SIGTERM, or as soon as one of them exits:
+them on Ctrl-C, SIGTERM or SIGHUP, or as soon as one of them exits:
 
     frontbench up                      # backend, Streamlit, Dash and Gradio
     frontbench up gradio --backend-workers 2
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TextIO
 
 import httpx
 
@@ -59,7 +62,7 @@ _EXIT_FAILED = 1
 
 
 class _StopRequested(Exception):
-    """Raised in the main thread by the SIGINT and SIGTERM handlers."""
+    """Raised in the main thread by the handlers of SIGINT, SIGTERM and SIGHUP."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start the model backend and the named frontends (all three by "
             "default), wait until each responds, and print their URLs. "
-            "Ctrl-C or SIGTERM stops all of them, and so does the exit of any "
+            "Ctrl-C, SIGTERM or SIGHUP stops all of them, and so does the exit of any "
             "one of them."
         ),
     )
@@ -279,32 +282,42 @@ class _Output:
         self._lock = threading.Lock()
 
     def line(self, text: str) -> None:
-        with self._lock:
-            print(text, flush=True)
+        self._write(sys.stdout, text)
 
     def status(self, text: str) -> None:
-        self.line(f"{PROG}: {text}")
+        self._write(sys.stdout, f"{PROG}: {text}")
 
     def error(self, text: str) -> None:
-        with self._lock:
-            print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+        self._write(sys.stderr, f"{PROG}: {text}")
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        # When the terminal or the pipe that reads the output is gone, the
+        # line is dropped, so that the servers are still stopped and the
+        # reader threads keep draining their output.
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            print(text, file=stream, flush=True)
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP arrives when the terminal that runs `frontbench up` closes.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
     raise _StopRequested(signum)
 
 
-def _report_signals_while_stopping(output: _Output) -> None:
+def _report_signals_while_stopping() -> None:
     """Keep a second Ctrl-C from cutting the shutdown short."""
 
     def report(signum: int, frame: FrameType | None) -> None:
-        output.status(
-            f"{signal.Signals(signum).name} received while stopping; "
-            "the servers are already being stopped"
+        # The handler can interrupt a print that holds the output lock, so it
+        # writes to the file descriptor directly.
+        message = (
+            f"{PROG}: {signal.Signals(signum).name} received while stopping; "
+            "the servers are already being stopped\n"
         )
+        with contextlib.suppress(OSError):
+            os.write(sys.stderr.fileno(), message.encode())
 
     for signum in _STOP_SIGNALS:
         signal.signal(signum, report)
@@ -338,7 +351,7 @@ def run(servers: Sequence[Server], *, ready_timeout: float) -> int:
     """Start `servers`, supervise them until a signal or an exit, and stop them.
 
     Returns:
-        0 after a stop on SIGINT or SIGTERM, 1 when a server failed to start
+        0 after a stop on SIGINT, SIGTERM or SIGHUP, 1 when a server failed to start
         or exited on its own.
     """
     output = _Output()
@@ -355,7 +368,7 @@ def run(servers: Sequence[Server], *, ready_timeout: float) -> int:
         output.status(f"received {stop.signal_name}")
         status = 0
     finally:
-        _report_signals_while_stopping(output)
+        _report_signals_while_stopping()
         try:
             _stop_all(processes, output)
         finally:
@@ -470,6 +483,8 @@ def main(argv: Sequence[str]) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
+    # httpx logs every readiness probe at INFO, which would flood the output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logger.info(
         "starting %s on %s (backend workers: %d)",
         ", ".join(server.name for server in servers),

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -160,6 +161,45 @@ def test_up_backend_only_stops_on_signal(
     assert run.wait_for_exit() == 0
     assert f"received {signum.name}" in run.process.output(1000)
     assert run.alive_descendants() == [], "a server outlived frontbench up"
+
+
+def test_up_closed_terminal_stops_servers(checkpoint: Path) -> None:
+    """Stop every server on SIGHUP even when up's stdout pipe is closed."""
+    options = port_options([])
+    env = {
+        **os.environ,
+        "FRONTBENCH_MODEL_PATH": str(checkpoint),
+        "FRONTBENCH_TORCH_THREADS": "1",
+    }
+    up_process = subprocess.Popen(
+        python_argv("-m", "frontbench_shared.cli", "up", "--backend-only", *options),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert up_process.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        for line in up_process.stdout:
+            if ALL_READY in line or time.monotonic() > deadline:
+                break
+        assert servers_started_with(options), "the backend never started"
+        # Like a closed terminal: nobody reads the output any more.
+        up_process.stdout.close()
+        up_process.send_signal(signal.SIGHUP)
+
+        status = up_process.wait(EXIT_TIMEOUT)
+
+        assert status == 0
+        assert servers_started_with(options) == [], "the backend outlived up"
+    finally:
+        if up_process.poll() is None:
+            up_process.kill()
+            up_process.wait(EXIT_TIMEOUT)
+        for server in servers_started_with(options):
+            server.kill()
 
 
 def test_up_backend_exit_stops_workers(run_up: Callable[..., UpRun]) -> None:
