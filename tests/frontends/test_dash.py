@@ -508,4 +508,5 @@ def test_cli_sigterm_stops_all_workers(backend_url: str) -> None:
 
     assert returncode == 0, process.output()
     assert still_running == [], "workers left running after SIGTERM"
-    assert "starting the Dash app on http://127.0.0.1:" in process.output()
+    assert "starting the Dash app " in process.output()
+    assert f"on http://127.0.0.1:{port} with gunicorn" in process.output()
