@@ -57,6 +57,9 @@ _PROGRESS_INTERVAL = 1.0
 # and more than that to import the users on a busy machine.
 _LOCUST_EXIT_GRACE = 30.0
 _LOCUST_START_TIMEOUT = 120.0
+# Each uvicorn worker imports torch and loads the model. On a busy 2-CPU
+# machine, 4 workers once took longer than 120 s to answer.
+_BACKEND_READY_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
