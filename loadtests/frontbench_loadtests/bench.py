@@ -469,9 +469,13 @@ def run_setup(
     run_number: int,
     total_runs: int,
     progress: ProgressSink,
-) -> list[RunResult]:
-    """Run every replica count for one setup, with one frontend for all of them."""
-    results = []
+    results: list[RunResult],
+) -> None:
+    """Run every replica count for one setup, with one frontend for all of them.
+
+    Each run's result is appended to `results` as soon as it is measured, so
+    the runs before a failure are kept when a later one raises.
+    """
     backend_port = free_port(HOST)
     backend_url = f"http://{HOST}:{backend_port}"
     log_dir = config.out / "logs"
@@ -513,7 +517,6 @@ def run_setup(
         if frontend is not None:
             _save_output(frontend, log_dir / f"{setup}-frontend.log")
             frontend.stop()
-    return results
 
 
 def _format_ms(value: float | None) -> str:
@@ -543,7 +546,7 @@ def run_experiment(
     for index, setup in enumerate(config.setups):
         run_number = index * len(config.replicas) + 1
         try:
-            results.extend(run_setup(config, setup, run_number, total, progress))
+            run_setup(config, setup, run_number, total, progress, results)
         except Exception as exc:
             logger.error("the %s setup failed: %s", setup, exc)
             for replicas in config.replicas:
