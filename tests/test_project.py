@@ -283,3 +283,12 @@ def test_readme_lists_every_setting(module: str) -> None:
 
     assert len(variables) >= 3, f"{module}.Settings has too few fields"
     assert missing == [], f"README.md's configuration table lacks {missing}"
+
+
+def test_readme_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(((?!https?://)[^)#]+)\)", readme)
+
+    assert targets, "README.md links to no file"
+    for target in targets:
+        assert (ROOT / target).exists(), f"README.md links to missing {target}"
