@@ -8,6 +8,7 @@ as well as in `mkdocs build --strict`.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,144 @@ def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+# How each app implements each feature: a description, the file and a regular
+# expression that finds the implementing line. A feature whose pattern no
+# longer matches fails the build, so the table cannot drift from the code.
+# None means the app does not have the feature, and the text says why.
+Cell = tuple[str, str, str] | tuple[str, None, None]
+FEATURES: dict[str, dict[str, Cell]] = {
+    "upload an image": {
+        "streamlit": ("`st.file_uploader`", "app.py", r"st\.file_uploader\("),
+        "dash": ("`dcc.Upload` (a base64 data URL)", "app.py", r"dcc\.Upload\("),
+        "gradio": ("`gr.Image` with `sources=['upload']`", "app.py", r"gr\.Image\("),
+    },
+    "preview of the upload": {
+        "streamlit": ("`st.image` of a resized copy", "app.py", r"st\.image\(picture"),
+        "dash": (
+            "`html.Img`, set by a clientside callback",
+            "app.py",
+            r"clientside_callback\(",
+        ),
+        "gradio": ("the `gr.Image` input shows it", "app.py", r"gr\.Image\("),
+    },
+    "prediction through the shared client": {
+        "streamlit": (
+            "`Client.predict` in a widget callback",
+            "app.py",
+            r"\.predict\(",
+        ),
+        "dash": ("`Client.predict` in a server callback", "app.py", r"\.predict\("),
+        "gradio": ("`Client.predict` in a queued event", "app.py", r"\.predict\("),
+    },
+    "label and confidence": {
+        "streamlit": ("`st.subheader`, `st.markdown`", "app.py", r"Predicted digit: "),
+        "dash": ("`html.P` children", "app.py", r"Predicted digit: "),
+        "gradio": ("`gr.Markdown` output", "app.py", r"Predicted digit: "),
+    },
+    "probability bar chart": {
+        "streamlit": ("`st.bar_chart` (Vega-Lite)", "app.py", r"st\.bar_chart\("),
+        "dash": ("`dcc.Graph` with a plotly `go.Bar`", "app.py", r"go\.Bar\("),
+        "gradio": ("`gr.BarPlot`", "app.py", r"gr\.BarPlot\("),
+    },
+    "one-click example digits": {
+        "streamlit": ("one `st.button` per digit", "app.py", r'key=f"example-'),
+        "dash": (
+            "`html.Button`s with pattern-matching ids",
+            "app.py",
+            r'"type": "example"',
+        ),
+        "gradio": ("`gr.Examples`", "app.py", r"gr\.Examples\("),
+    },
+    "drawing with the mouse": {
+        "streamlit": (
+            "`streamlit-drawable-canvas` component",
+            "app.py",
+            r"st_canvas\(",
+        ),
+        "dash": ("not offered: no maintained drawing component", None, None),
+        "gradio": ("`gr.Sketchpad`, built in", "app.py", r"gr\.Sketchpad\("),
+    },
+    "backend state without a reload": {
+        "streamlit": ("`st.fragment(run_every=...)`", "app.py", r"st\.fragment\("),
+        "dash": ("`dcc.Interval` callback", "app.py", r"dcc\.Interval\("),
+        "gradio": ("`gr.Timer` tick event", "app.py", r"gr\.Timer\("),
+    },
+    "model information": {
+        "streamlit": ("`st.caption` lines", "app.py", r"Held-out accuracy"),
+        "dash": ("`html.P` lines", "app.py", r"Held-out accuracy"),
+        "gradio": ("`gr.Markdown` lines", "app.py", r"Held-out accuracy"),
+    },
+    "latency of the last prediction": {
+        "streamlit": ("`time.perf_counter` around the call", "app.py", r"latency: "),
+        "dash": ("`time.perf_counter` around the call", "app.py", r"latency: "),
+        "gradio": ("`time.perf_counter` around the call", "app.py", r"latency: "),
+    },
+    "errors in the page": {
+        "streamlit": ("`st.error(user_message(...))`", "app.py", r"st\.error\("),
+        "dash": ("an `html.P` in the `error` element", "app.py", r"def render_error"),
+        "gradio": ("a `gr.Markdown` output", "app.py", r"def render_error"),
+    },
+    "concurrency setting": {
+        "streamlit": (
+            "none needed: one script thread per session",
+            "cli.py",
+            r"runner\.fastReruns",
+        ),
+        "dash": (
+            "gunicorn `workers` x `threads`",
+            "app.py",
+            r"threads: ",
+        ),
+        "gradio": (
+            "queue `default_concurrency_limit`",
+            "app.py",
+            r"default_concurrency_limit=",
+        ),
+    },
+    "production server": {
+        "streamlit": ("Streamlit's server, headless", "cli.py", r"server\.headless"),
+        "dash": ("gunicorn with gthread workers", "cli.py", r"BaseApplication"),
+        "gradio": ("Gradio's own server (uvicorn)", "cli.py", r"\.launch\("),
+    },
+}
+
+
+def locate(framework: str, name: str, pattern: str) -> int:
+    """Return the first line number of a frontend file that matches `pattern`.
+
+    Raises:
+        LookupError: No line matches, so the comparison no longer fits the code.
+    """
+    path = app_file(framework, name)
+    expression = re.compile(pattern)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if expression.search(line):
+            return number
+    raise LookupError(
+        f"no line of {path.relative_to(ROOT)} matches {pattern!r}; update "
+        "FEATURES in docs/_hooks/generate.py to what the app does now"
+    )
+
+
+def render_comparison_features() -> str:
+    """Render the feature parity table, each cell pointing at its code line."""
+    lines = [
+        "| feature | " + " | ".join(name.capitalize() for name in FRAMEWORKS) + " |",
+        "|---|" + "---|" * len(FRAMEWORKS),
+    ]
+    for feature, cells in FEATURES.items():
+        rendered = []
+        for framework in FRAMEWORKS:
+            text, name, pattern = cells[framework]
+            if name is None or pattern is None:
+                rendered.append(text)
+                continue
+            number = locate(framework, name, pattern)
+            rendered.append(f"{text} (`{name}` line {number})")
+        lines.append(f"| {feature} | " + " | ".join(rendered) + " |")
+    return "\n".join(lines)
+
+
 def render_comparison_measured() -> str:
     """Render the measured comparison: code size, install size, start, memory."""
     record = _load_record(COMPARISON_RECORD)
@@ -261,6 +400,7 @@ def render_comparison_scaling() -> str:
 
 _RENDERERS: dict[str, Callable[[], str]] = {
     "api": render_api,
+    "comparison-features": render_comparison_features,
     "comparison-measured": render_comparison_measured,
     "comparison-scaling": render_comparison_scaling,
 }
