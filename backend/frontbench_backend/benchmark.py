@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-requests",
         type=int,
         default=DEFAULT_MAX_REQUESTS,
-        help="most requests per cell (default: %(default)s)",
+        help="maximum requests per cell (default: %(default)s)",
     )
     parser.add_argument(
         "--concurrency",

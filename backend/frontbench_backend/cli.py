@@ -102,16 +102,20 @@ def log_config(level: str) -> dict[str, Any]:
         "formatter": "default",
         "stream": "ext://sys.stderr",
     }
-    ours = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+    project_logger = {
+        "handlers": ["stderr"],
+        "level": level.upper(),
+        "propagate": False,
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"format": _LOG_FORMAT}},
         "handlers": {"stderr": handler},
         "loggers": {
-            "frontbench_backend": ours,
-            "frontbench_shared": ours,
-            "uvicorn": ours,
+            "frontbench_backend": project_logger,
+            "frontbench_shared": project_logger,
+            "uvicorn": project_logger,
             # The app writes its own access log line, with the request id.
             "uvicorn.access": {"handlers": [], "propagate": False},
         },
