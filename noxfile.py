@@ -81,6 +81,8 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site with mkdocs, failing on any warning."""
     # The API page is generated from the backend's OpenAPI schema.
     session.install("-e", ".[backend]", *DOCS_REQUIREMENTS)
+    # Material prints a banner about its successor on every build otherwise.
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
