@@ -96,13 +96,14 @@ def start_frontend() -> Iterator[StartFrontend]:
     `start_frontend("dash", backend_url, FRONTBENCH_DASH_WORKERS="1")` runs
     `frontbench frontend dash` on a free port with those environment variables,
     waits until the framework's ready path answers, and stops it at the end of
-    the test run.
+    the test run. Positional arguments after the backend URL are passed on to
+    the command, such as `"--app", "exercises/dash/app.py"`.
     """
     import importlib
 
     started: list[ManagedProcess] = []
 
-    def start(framework: str, backend_url: str, **env: str) -> str:
+    def start(framework: str, backend_url: str, *args: str, **env: str) -> str:
         cli = importlib.import_module(f"frontbench_{framework}.cli")
         port = free_port(HOST)
         process = ManagedProcess(
@@ -110,6 +111,7 @@ def start_frontend() -> Iterator[StartFrontend]:
             python_argv(
                 "-m", "frontbench_shared.cli", "frontend", framework,
                 "--host", HOST, "--port", str(port), "--backend-url", backend_url,
+                *args,
             ),
             env=env,
         )

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend-url",
         help="base URL of the model backend (BACKEND_URL, default http://127.0.0.1:8000)",
     )
+    parser.add_argument(
+        "--app",
+        type=Path,
+        default=APP_PATH,
+        metavar="PATH",
+        help="Streamlit script to serve, such as an exercise (default: the reference "
+        "app.py of this package)",
+    )
     return parser
 
 
@@ -103,6 +111,13 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"frontbench frontend streamlit: {exc}", file=sys.stderr)
         return 2
+    if not args.app.is_file():
+        print(
+            f"frontbench frontend streamlit: --app {str(args.app)!r} is not a file; "
+            "give the path of a Streamlit script",
+            file=sys.stderr,
+        )
+        return 2
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -113,8 +128,9 @@ def main(argv: list[str]) -> int:
     # a --backend-url flag reaches it through BACKEND_URL.
     os.environ["BACKEND_URL"] = settings.backend_url
     logger.info(
-        "starting Streamlit on http://%s:%d with backend %s, max upload %d MB, "
-        "status every %.1f s, request timeout %.1f s",
+        "starting Streamlit with %s on http://%s:%d with backend %s, "
+        "max upload %d MB, status every %.1f s, request timeout %.1f s",
+        args.app,
         settings.host,
         settings.port,
         settings.backend_url,
@@ -127,7 +143,7 @@ def main(argv: list[str]) -> int:
     from streamlit.web import cli as streamlit_cli
 
     streamlit_cli.main(
-        ["run", str(APP_PATH), *streamlit_flags(settings)],
+        ["run", str(args.app), *streamlit_flags(settings)],
         prog_name="streamlit",
         standalone_mode=False,
     )
