@@ -26,7 +26,15 @@ PACKAGES = (
     "frontbench_gradio",
     "frontbench_loadtests",
 )
-PYTHON_PATHS = ("shared", "backend", "frontends", "loadtests", "tests", "noxfile.py")
+PYTHON_PATHS = (
+    "shared",
+    "backend",
+    "frontends",
+    "loadtests",
+    "exercises",
+    "tests",
+    "noxfile.py",
+)
 
 
 @nox.session
@@ -74,6 +82,20 @@ def compare(session: nox.Session) -> None:
     """Measure each frontend's cold start, memory per session and install size."""
     session.install("-e", ".[all,test]")
     session.run("python", "-m", "frontbench_loadtests.compare", *session.posargs)
+
+
+@nox.session
+def exercise(session: nox.Session) -> None:
+    """Check an exercise app: `nox -s exercise -- FRAMEWORK [STEP] [--app PATH]`."""
+    session.install("-e", ".[all,test]")
+    session.run("python", "exercises/check.py", *session.posargs)
+
+
+@nox.session
+def exercises(session: nox.Session) -> None:
+    """Check that the reference apps pass every exercise step and starters fail."""
+    session.install("-e", ".[all,test]")
+    session.run("pytest", "-m", "slow", "tests/exercises", *session.posargs)
 
 
 @nox.session
