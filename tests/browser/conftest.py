@@ -35,9 +35,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+# Playwright's sync API keeps its event loop marked as running in the main
+# thread while it is open, so asyncio.run() fails anywhere in between. One
+# browser per test module confines that to the browser tests.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Launch one headless Chromium for the whole test run."""
+    """Launch one headless Chromium for the tests of one module."""
     path = _chromium_path()
     if path is None:
         message = "Chromium not found; install Debian's chromium or set CHROMIUM_PATH"
