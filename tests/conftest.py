@@ -58,13 +58,23 @@ def start_backend(
 
     def start(workers: int = 1, **settings: object) -> str:
         port = free_port(HOST)
-        env = {"FRONTBENCH_MODEL_PATH": str(checkpoint), "FRONTBENCH_TORCH_THREADS": "1"}
+        env = {
+            "FRONTBENCH_MODEL_PATH": str(checkpoint),
+            "FRONTBENCH_TORCH_THREADS": "1",
+        }
         env.update({f"FRONTBENCH_{k.upper()}": str(v) for k, v in settings.items()})
         process = ManagedProcess(
             f"backend-{port}",
             python_argv(
-                "-m", "frontbench_shared.cli", "backend",
-                "--host", HOST, "--port", str(port), "--workers", str(workers),
+                "-m",
+                "frontbench_shared.cli",
+                "backend",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
             ),
             env=env,
         )
@@ -109,8 +119,16 @@ def start_frontend() -> Iterator[StartFrontend]:
         process = ManagedProcess(
             f"{framework}-{port}",
             python_argv(
-                "-m", "frontbench_shared.cli", "frontend", framework,
-                "--host", HOST, "--port", str(port), "--backend-url", backend_url,
+                "-m",
+                "frontbench_shared.cli",
+                "frontend",
+                framework,
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--backend-url",
+                backend_url,
                 *args,
             ),
             env=env,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+
+from frontbench_loadtests.compare import dependency_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "frontbench"
@@ -31,39 +31,6 @@ CLIENT_SIDE_PACKAGES = [
     "frontbench_dash",
     "frontbench_gradio",
 ]
-
-
-def dependency_closure(distribution: str, extras: frozenset[str]) -> set[str]:
-    """Return the names of every distribution that installing one pulls in.
-
-    The walk follows the Requires-Dist metadata of the installed
-    distributions, with markers evaluated for the requested extras. A
-    requirement that is not installed is named but not walked further.
-    """
-    names: set[str] = set()
-    seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [(canonicalize_name(distribution), extras)]
-    while pending:
-        name, wanted_extras = pending.pop()
-        if (name, wanted_extras) in seen:
-            continue
-        seen.add((name, wanted_extras))
-        names.add(name)
-        try:
-            requirements = importlib.metadata.distribution(name).requires or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-
-        # "" evaluates the markers of the distribution's own requirements.
-        environments = [{"extra": extra} for extra in ("", *wanted_extras)]
-        for text in requirements:
-            requirement = Requirement(text)
-            marker = requirement.marker
-            if marker is None or any(marker.evaluate(env) for env in environments):
-                pending.append(
-                    (canonicalize_name(requirement.name), frozenset(requirement.extras))
-                )
-    return names
 
 
 @pytest.mark.parametrize("extra", [None, *LIGHT_EXTRAS])

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -69,50 +68,47 @@ _FILE_INPUT = {
 
 
 def dependency_closure(distribution: str, extras: Iterable[str] = ()) -> set[str]:
-    """Return the canonical names of `distribution` and all it requires.
+    """Return the names of every distribution that installing one pulls in.
 
-    The walk follows the installed distributions' `Requires-Dist` entries,
-    evaluating each marker for the requested extras, so it describes what
-    `pip install 'distribution[extras]'` installed here.
+    The walk follows the Requires-Dist metadata of the installed
+    distributions, with markers evaluated for the requested extras, so it
+    describes what `pip install 'distribution[extras]'` installed here. A
+    requirement that is not installed is named but not walked further.
     """
-    seen: set[str] = set()
-    pending: list[tuple[str, frozenset[str]]] = [
-        (canonicalize_name(distribution), frozenset(extras))
-    ]
+    names: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    pending = [(canonicalize_name(distribution), frozenset(extras))]
     while pending:
-        name, wanted = pending.pop()
-        key = f"{name}[{','.join(sorted(wanted))}]"
-        if key in seen:
+        name, wanted_extras = pending.pop()
+        if (name, wanted_extras) in seen:
             continue
-        seen.add(key)
-        requirements = metadata.requires(name) or []
+        seen.add((name, wanted_extras))
+        names.add(name)
+        try:
+            requirements = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+
+        # "" evaluates the markers of the distribution's own requirements.
+        environments = [{"extra": extra} for extra in ("", *wanted_extras)]
         for text in requirements:
             requirement = Requirement(text)
-            if not _applies(requirement, wanted):
-                continue
-            pending.append(
-                (canonicalize_name(requirement.name), frozenset(requirement.extras))
-            )
-    return {key.split("[", 1)[0] for key in seen}
-
-
-def _applies(requirement: Requirement, extras: frozenset[str]) -> bool:
-    if requirement.marker is None:
-        return True
-    environment = dict(default_environment())
-    # A marker without `extra` is evaluated once with an empty extra.
-    for extra in extras or {""}:
-        environment["extra"] = extra
-        if requirement.marker.evaluate(environment):
-            return True
-    return False
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate(env) for env in environments):
+                pending.append(
+                    (canonicalize_name(requirement.name), frozenset(requirement.extras))
+                )
+    return names
 
 
 def installed_bytes(names: Iterable[str]) -> int:
     """Return the size in bytes of the installed files of these distributions."""
     total = 0
     for name in names:
-        files = metadata.distribution(name).files or []
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            continue
         for file in files:
             path = Path(str(file.locate()))
             if path.is_file():
