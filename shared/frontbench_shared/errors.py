@@ -55,8 +55,21 @@ class PayloadTooLarge(BackendError):
     """The upload, or the image it decodes to, is over the backend's limit (413)."""
 
 
+def _sentence(text: str) -> str:
+    """Return `text` with its first letter capitalised and a final full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def user_message(error: BackendError) -> str:
-    """Return a short message for a person: what happened and what to do."""
+    """Return a short message for a person: what happened and what to do.
+
+    The backend's messages already say what it accepts, so they are passed on
+    as they are, as one sentence, after a few words on what failed.
+    """
     if isinstance(error, BackendTimeout):
         return (
             "The model backend did not answer in time. It may be busy or "
@@ -69,10 +82,7 @@ def user_message(error: BackendError) -> str:
             "'frontbench backend' (or check BACKEND_URL) and try again."
         )
     if isinstance(error, InvalidImage):
-        return (
-            f"This file could not be used as an image: {error.message} "
-            "Upload a PNG, JPEG, WebP, BMP, GIF or TIFF picture of one digit."
-        )
+        return f"This file could not be used as an image. {_sentence(error.message)}"
     if isinstance(error, PayloadTooLarge):
-        return f"This file is too large: {error.message} Upload a smaller image."
-    return f"The model backend failed to answer: {error.message} Try again."
+        return f"This file is too large. {_sentence(error.message)}"
+    return f"The model backend failed to answer. {_sentence(error.message)} Try again."
