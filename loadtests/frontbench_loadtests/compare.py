@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -173,8 +174,12 @@ def _open_page(browser: Any, url: str) -> Any:
 def measure_cold_start(browser: Any, framework: str, backend_url: str) -> float:
     """Return the seconds from starting a frontend to its first rendered page."""
     process, url = _frontend_process(framework, backend_url)
+    ready_path = importlib.import_module(f"frontbench_{framework}.cli").READY_PATH
     started = time.monotonic()
     with process:
+        # A page opened before the server answers can stay broken: Dash's
+        # page does not fetch its layout again after a failed first try.
+        process.wait_ready(url + ready_path, timeout=PAGE_TIMEOUT_MS / 1000)
         page = _open_page(browser, url)
         elapsed = time.monotonic() - started
         page.context.close()
