@@ -11,7 +11,7 @@ from frontbench_shared.api import ErrorKind
 
 
 class BackendError(Exception):
-    """The backend answered with an error, or could not be asked at all.
+    """The backend returned an error response, or could not be reached at all.
 
     Attributes:
         message: The backend's own explanation, or the client's when the
@@ -40,11 +40,11 @@ class BackendError(Exception):
 
 
 class BackendUnavailable(BackendError):
-    """The backend could not be reached, or answered 503 after every retry."""
+    """The backend could not be reached, or returned 503 on every retry."""
 
 
 class BackendTimeout(BackendUnavailable):
-    """The backend did not answer within the client's timeout."""
+    """The backend did not respond within the client's timeout."""
 
 
 class InvalidImage(BackendError):
@@ -67,8 +67,8 @@ def _sentence(text: str) -> str:
 def user_message(error: BackendError) -> str:
     """Return a short message for a person: what happened and what to do.
 
-    The backend's messages already say what it accepts, so they are passed on
-    as they are, as one sentence, after a few words on what failed.
+    The backend's messages already state what it accepts, so each one is
+    passed on as one sentence, after a few words on what failed.
     """
     if isinstance(error, BackendTimeout):
         return (
