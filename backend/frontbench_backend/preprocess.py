@@ -311,12 +311,16 @@ def _flatten_alpha(image: Image.Image) -> NDArray[np.float32]:
     return flattened
 
 
-def ink_map(gray: NDArray[np.float32]) -> NDArray[np.float32]:
+def ink_map(
+    gray: NDArray[np.float32], *, image_size: tuple[int, int] | None = None
+) -> NDArray[np.float32]:
     """Return the share of ink in each pixel, 0 for paper and 1 for the darkest ink.
 
     The median of the image border is taken as the paper colour and decides
     the polarity, so dark ink on light paper and light ink on a dark
-    background both come out as ink near 1.
+    background both come out as ink near 1. `image_size` is the (width,
+    height) of the uploaded image that error messages name, for when `gray`
+    was reduced from it; it defaults to the size of `gray`.
 
     Raises:
         BlankImage: every pixel has the same value.
@@ -334,6 +338,7 @@ def ink_map(gray: NDArray[np.float32]) -> NDArray[np.float32]:
     paper = float(np.median(border))
     low, high = float(gray.min()), float(gray.max())
     if high - low < 1e-3:
+        width, height = image_size or (width, height)
         raise BlankImage(
             f"the image is blank: all {width}x{height} pixels have the same "
             "value, so there is no digit to read; upload a picture of one digit"
@@ -410,7 +415,7 @@ def to_model_input(
     Raises:
         BlankImage: the image has no digit in it.
     """
-    ink = ink_map(_reduce(to_grayscale(image)))
+    ink = ink_map(_reduce(to_grayscale(image)), image_size=image.size)
     framed = centre_digit(ink, input_size)
     height, width = input_size
     scaled = Image.fromarray(framed).resize((width, height), Image.Resampling.BOX)

@@ -482,6 +482,16 @@ def test_to_model_input_rejects_blank_image(mode: str) -> None:
         to_model_input(image, (8, 8))
 
 
+@pytest.mark.parametrize("side", [64, 3000, 6000])
+def test_blank_image_message_names_upload_size(side: int) -> None:
+    # Images over WORKING_MAX_SIDE are reduced before the blank check, and
+    # the message must still name the size that was uploaded.
+    image = Image.new("L", (side, side), color="white")
+    with pytest.raises(BlankImage) as caught:
+        to_model_input(image, (8, 8))
+    assert f"all {side}x{side} pixels" in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
