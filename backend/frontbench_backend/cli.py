@@ -155,7 +155,10 @@ def main(argv: list[str]) -> int:
         # leaving every worker not ready.
         load_checkpoint(settings.model_path, torch.device("cpu"))
     except (CheckpointError, OSError) as exc:
-        print(f"frontbench backend: {exc}", file=sys.stderr)
+        print(
+            f"frontbench backend: invalid {env_name('model_path')}: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
     logger.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import struct
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,6 +224,11 @@ def build_checkpoint(module: DigitsCNN, metadata: CheckpointMetadata) -> dict[st
 
 
 def _read(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a directory, not a file; use a file path, "
+            f"or create one with 'frontbench train --out PATH'"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path}; train one with "
@@ -231,12 +237,33 @@ def _read(path: Path) -> dict[str, Any]:
 
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+    except PermissionError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({exc.strerror}); allow this "
+            f"user to read it, or train a new one with "
+            f"'frontbench train --out PATH'"
+        ) from exc
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        # On text files, torch 2.13's weights-only unpickler also raises
+        # KeyError, IndexError and struct.error from its opcode handling.
+        # A zip archive cut short raises OSError (EINVAL).
+        KeyError,
+        IndexError,
+        struct.error,
+        OSError,
+    ) as exc:
         # torch's messages run over several lines; the first names the cause.
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        if isinstance(exc, (KeyError, IndexError, struct.error)):
+            reason = f"invalid pickle data: {type(exc).__name__}: {reason}"
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a torch file ({reason}); "
-            f"train a new one with 'frontbench train --out {path}'"
+            f"delete it to have the backend train a new one, or run "
+            f"'frontbench train --out {path}'"
         ) from exc
 
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:

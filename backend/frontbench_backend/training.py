@@ -38,6 +38,7 @@ from frontbench_backend.data import (
 from frontbench_backend.model import (
     MODEL_NAME,
     MODEL_VERSION,
+    CheckpointError,
     CheckpointMetadata,
     DigitsCNN,
     build_checkpoint,
@@ -293,11 +294,19 @@ def ensure_checkpoint(
     others wait and then read the file it wrote.
 
     Raises:
-        CheckpointError: the file exists but is corrupt or not a checkpoint.
+        CheckpointError: the file exists but is corrupt or not a checkpoint,
+            or its folder or lock file cannot be created.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+b") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a+b")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot create {exc.filename or lock_path} for checkpoint {path} "
+            f"({exc.strerror}); choose a path in a writable folder"
+        ) from exc
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

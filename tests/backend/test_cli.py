@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from frontbench_backend import cli
+from frontbench_backend.model import DigitsCNN
 from frontbench_shared.api import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -226,3 +230,79 @@ def test_backend_corrupt_checkpoint_exits_2(tmp_path: Path) -> None:
     assert str(path) in completed.stderr
     assert "frontbench train --out" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def _write_text(path: Path) -> None:
+    path.write_text("this is a text file, not a checkpoint\n")
+
+
+def _write_word(path: Path) -> None:
+    # torch's weights-only unpickler reads "e" as an opcode and raises KeyError.
+    path.write_text("hello\n")
+
+
+def _write_truncated(path: Path) -> None:
+    # torch raises OSError (EINVAL), not a pickle error, on a zip archive
+    # cut short, so the cut is made from a real checkpoint layout.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": DigitsCNN().state_dict()}, buffer)
+    path.write_bytes(buffer.getvalue()[:20_000])
+
+
+def _make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_write_text, "is corrupt or not a torch file"),
+        (_write_word, "is corrupt or not a torch file"),
+        (_write_truncated, "is corrupt or not a torch file"),
+        (_make_directory, "is a directory, not a file"),
+    ],
+    ids=["text", "word", "truncated", "directory"],
+)
+def test_backend_bad_checkpoint_path_exits_2(
+    tmp_path: Path, make: Callable[[Path], None], message: str
+) -> None:
+    path = tmp_path / "model.pt"
+    make(path)
+    completed = _run_backend(path)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert "invalid FRONTBENCH_MODEL_PATH" in lines[0]
+    assert f"checkpoint {path} {message}" in lines[0]
+    assert "frontbench train --out" in lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_backend_unwritable_checkpoint_folder_exits_2() -> None:
+    # /proc rejects new folders, even for root.
+    path = Path("/proc/nope/x.pt")
+    completed = _run_backend(path)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert "invalid FRONTBENCH_MODEL_PATH" in lines[0]
+    assert f"cannot create /proc/nope for checkpoint {path}" in lines[0]
+    assert "choose a path in a writable folder" in lines[0]
+
+
+def _run_backend(model_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "frontbench_backend", "--port", "0"],
+        env={
+            **os.environ,
+            "FRONTBENCH_MODEL_PATH": str(model_path),
+            "FRONTBENCH_TORCH_THREADS": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
