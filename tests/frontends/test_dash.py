@@ -7,12 +7,17 @@ requests that the browser sends.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -510,3 +515,86 @@ def test_cli_sigterm_stops_all_workers(backend_url: str) -> None:
     assert still_running == [], "workers left running after SIGTERM"
     assert "starting the Dash app " in process.output()
     assert f"on http://127.0.0.1:{port} with gunicorn" in process.output()
+
+
+def test_cli_busy_port_exits_2() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = ManagedProcess(
+            "dash-busy-port",
+            python_argv(
+                "-m", "frontbench_dash", "--host", "127.0.0.1", "--port", str(port)
+            ),
+        ).start()
+        try:
+            deadline = time.monotonic() + 60
+            while process.returncode is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            returncode = process.stop()
+
+    output = process.output()
+    assert returncode == 2, output
+    assert f"cannot listen on 127.0.0.1:{port}" in output, output
+    assert "--port or FRONTBENCH_DASH_PORT" in output, output
+    assert "Retrying" not in output, output
+
+
+def test_workers_serve_every_bundle() -> None:
+    # Dash registers the bundle paths in the first request that each worker
+    # handles, and the worker's other threads see none until it finishes. So
+    # the first requests go to fresh workers at once, with no index request
+    # before them, and readiness is checked with a TCP connection only.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess(
+        "dash-bundles",
+        python_argv(
+            "-m",
+            "frontbench_dash",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-url",
+            "http://127.0.0.1:9",
+        ),
+        env={"FRONTBENCH_DASH_WORKERS": "2", "FRONTBENCH_DASH_THREADS": "8"},
+    ).start()
+    # The server runs this app, so an index rendered here lists the same
+    # bundle paths, and rendering it here sends no request to the server.
+    index = dash_app.server.test_client().get("/").get_data(as_text=True)
+    paths = re.findall(r'<script src="([^"]+)"', index)
+    paths += re.findall(r'<link rel="stylesheet" href="([^"]+)"', index)
+    assert any("_dash-component-suites" in path for path in paths), index
+    requests = paths * 8
+    start = threading.Barrier(len(paths))
+
+    def fetch(path: str) -> int:
+        # A new connection per request, so gunicorn spreads them over workers.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start.wait(timeout=30)
+        return httpx.get(url + path, timeout=60).status_code
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, process.output()
+                time.sleep(0.2)
+        with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+            statuses = list(pool.map(fetch, requests))
+    finally:
+        process.stop()
+
+    failed = [
+        (path, code)
+        for path, code in zip(requests, statuses, strict=True)
+        if code != 200
+    ]
+    assert failed == [], f"{len(failed)} of {len(requests)} requests failed"

@@ -9,8 +9,10 @@ gradio_client leaves session state out of the outputs that it returns.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -282,8 +284,8 @@ def test_settings_defaults_do_not_serialise_users(clean_env: SetEnv) -> None:
         ("FRONTBENCH_GRADIO_PORT", "70000", "--port or FRONTBENCH_GRADIO_PORT"),
         (
             "FRONTBENCH_GRADIO_CONCURRENCY_LIMIT",
-            "0",
-            "--concurrency-limit or FRONTBENCH_GRADIO_CONCURRENCY_LIMIT",
+            "-3",
+            "FRONTBENCH_GRADIO_CONCURRENCY_LIMIT",
         ),
     ],
 )
@@ -298,6 +300,16 @@ def test_invalid_setting_is_named(
     message = cli.describe_invalid_settings(caught.value)
     assert named in message, message
     assert repr(value) in message, message
+
+
+def test_invalid_setting_without_flag_names_no_flag(clean_env: SetEnv) -> None:
+    clean_env({"FRONTBENCH_GRADIO_CONCURRENCY_LIMIT": "-3"})
+
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+
+    message = cli.describe_invalid_settings(caught.value)
+    assert "--concurrency-limit" not in message, message
 
 
 @pytest.fixture
@@ -350,3 +362,43 @@ def test_cli_invalid_backend_url_exits_2(clean_env: SetEnv) -> None:
     status = cli.main(["--backend-url", "ftp://127.0.0.1:9"])
 
     assert status == 2
+
+
+def test_cli_invalid_backend_url_not_logged_as_used(
+    clean_env: SetEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env({"BACKEND_URL": "ftp://x"})
+
+    with caplog.at_level(logging.INFO):
+        status = cli.main([])
+
+    assert status == 2
+    assert "using the backend" not in caplog.text, caplog.text
+
+
+def test_cli_busy_port_exits_2(
+    clean_env: SetEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env({})
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        with caplog.at_level(logging.INFO):
+            status = cli.main(
+                [
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--backend-url",
+                    "http://127.0.0.1:9",
+                ]
+            )
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert status == 2
+    assert len(errors) == 1, errors
+    assert f"{HOST}:{port}" in errors[0], errors
+    assert "--port or FRONTBENCH_GRADIO_PORT" in errors[0], errors

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import logging.config
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,49 @@ def _configure_logging() -> None:
     )
 
 
+def check_port_free(host: str, port: int) -> str | None:
+    """Bind `host`:`port` once and return why it failed, or None if it is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return (
+            f"cannot resolve host {host!r}: {exc.strerror}; set --host or "
+            f"{_ENV_PREFIX}HOST"
+        )
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # gunicorn sets SO_REUSEADDR too, so a port in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
+                f"port with --port or {_ENV_PREFIX}PORT"
+            )
+    return None
+
+
+def register_resources(server: Any) -> None:
+    """Render the index page once, so that every forked worker serves all bundles.
+
+    Dash serves /_dash-component-suites/ files only from its registered
+    paths, which it fills during the first request that a process handles
+    (dash 4.4). Requests running in other threads at that time can find no
+    path registered. Rendering the page here, in the gunicorn master before
+    the workers fork, gives each worker the full list from the start.
+
+    Raises:
+        RuntimeError: The index page did not render.
+    """
+    response = server.test_client().get(READY_PATH)
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"the Dash index page returned {response.status_code} before the "
+            "workers started"
+        )
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for detail in error.errors():
@@ -184,6 +228,14 @@ def main(argv: list[str]) -> int:
         return 2
 
     settings = dash_app.settings
+    port_error = check_port_free(settings.host, settings.port)
+    if port_error is not None:
+        print(
+            f"frontbench frontend dash: {port_error}",
+            file=sys.stderr,
+        )
+        return 2
+
     options: dict[str, Any] = {
         "bind": f"{settings.host}:{settings.port}",
         "worker_class": "gthread",
@@ -198,6 +250,7 @@ def main(argv: list[str]) -> int:
         "control_socket_disable": True,
     }
     _configure_logging()
+    register_resources(server)
     logger.info(
         "starting the Dash app %s on http://%s:%d with gunicorn: %d workers x %d "
         "threads, backend %s, max upload %d bytes",

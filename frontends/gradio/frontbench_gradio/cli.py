@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from types import FrameType, ModuleType
 
@@ -21,6 +22,9 @@ DEFAULT_PORT = 7860
 READY_PATH = "/"
 
 logger = logging.getLogger(__name__)
+
+# The settings, besides backend_url, that have a command-line option.
+_FLAG_FIELDS = ("host", "port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +80,29 @@ def load_app_module(path: Path | None) -> ModuleType:
     return module
 
 
+def check_port_free(host: str, port: int) -> str | None:
+    """Bind `host`:`port` once and return why it failed, or None if it is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return (
+            f"cannot resolve host {host!r}: {exc.strerror}; set --host or "
+            "FRONTBENCH_GRADIO_HOST"
+        )
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # uvicorn sets SO_REUSEADDR too, so a port in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
+                "port with --port or FRONTBENCH_GRADIO_PORT"
+            )
+    return None
+
+
 def describe_invalid_settings(exc: ValidationError) -> str:
     """Return one line per invalid setting, naming its flag or variable."""
     lines = []
@@ -83,9 +110,11 @@ def describe_invalid_settings(exc: ValidationError) -> str:
         field = str(error["loc"][0]).lower() if error["loc"] else "settings"
         if field == "backend_url":
             source = "--backend-url or BACKEND_URL"
+        elif field in _FLAG_FIELDS:
+            source = f"--{field} or FRONTBENCH_GRADIO_{field.upper()}"
         else:
-            flag = field.replace("_", "-")
-            source = f"--{flag} or FRONTBENCH_GRADIO_{field.upper()}"
+            # The other settings have no command-line option.
+            source = f"FRONTBENCH_GRADIO_{field.upper()}"
         lines.append(f"{source}: {error['msg']} (got {error['input']!r})")
     return "\n".join(lines)
 
@@ -144,6 +173,13 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         # The client rejects a backend URL that is not http:// or https://.
         logger.error("invalid Gradio frontend settings: %s", exc)
+        return 2
+
+    port_error = check_port_free(settings.host, settings.port)
+    if port_error is not None:
+        logger.error("%s", port_error)
+        client.close()
+        status_client.close()
         return 2
 
     demo = app.build_demo(settings, client, status_client)
