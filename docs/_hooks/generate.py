@@ -389,7 +389,7 @@ def render_comparison_scaling() -> str:
     lines.append(
         _machine_line(
             environment.get("machine", {}),
-            str(environment.get("date", "?")),
+            str(environment["started_at"]),
             str(environment.get("command", "frontbench bench")),
         )
         + f" Users: {', '.join(map(str, users))}. The full report is in "
