@@ -205,6 +205,18 @@ def _shared_machine_warning(machine: dict[str, Any], cores: int) -> list[str]:
     ]
 
 
+# Established with strace and a TCP_QUICKACK client (see docs/loadtesting.md),
+# so the report can say where the Streamlit latency is spent.
+STREAMLIT_LATENCY_NOTE = (
+    "Streamlit latency: each rerun includes a delay of about 40-50 ms inside "
+    "the Streamlit server, before the script runs. It is not a delayed-ACK "
+    "stall: the server sets TCP_NODELAY on every socket, the Locust user sets "
+    "it on its own socket as browsers do, and TCP_QUICKACK on the client did "
+    "not remove it. A browser waits for it too, so the latency above includes "
+    "it, as a browser would see it."
+)
+
+
 def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -> str:
     """Return the Markdown report of an experiment."""
     machine = environment["machine"]
@@ -266,6 +278,8 @@ def render_markdown(results: Sequence[RunResult], environment: dict[str, Any]) -
         )
         lines.extend(f"  - Warning: {warning}" for warning in warnings)
         lines.extend(f"  - Failure: `{message}`" for message in r.failure_messages)
+    if any(r.setup == "streamlit" for r in results):
+        lines += ["", STREAMLIT_LATENCY_NOTE]
     lines += ["", "## Settings", ""]
     lines.append(
         "Torch threads per backend worker: "
