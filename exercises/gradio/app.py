@@ -74,12 +74,14 @@ class Settings(BaseSettings):
 # connections. The callbacks get it as their first argument.
 def create_client(settings: Settings) -> Client:
     """Create the backend client for predictions that all sessions share."""
+    # Client rejects an invalid URL, so the URL is logged only once accepted.
+    client = Client(settings.backend_url, timeout=settings.request_timeout_s)
     logger.info(
         "using the backend at %s (timeout %.1f s)",
         settings.backend_url,
         settings.request_timeout_s,
     )
-    return Client(settings.backend_url, timeout=settings.request_timeout_s)
+    return client
 
 
 def create_status_client(settings: Settings) -> Client:
