@@ -167,7 +167,7 @@ def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 # How each app implements each feature: a description, the file and a regular
 # expression that finds the implementing line. A feature whose pattern no
 # longer matches fails the build, so the table cannot drift from the code.
-# None means the app does not have the feature, and the text says why.
+# None means the app does not have the feature, and the text gives the reason.
 Cell = tuple[str, str, str] | tuple[str, None, None]
 FEATURES: dict[str, dict[str, Cell]] = {
     "upload an image": {

@@ -177,7 +177,7 @@ def measure_cold_start(browser: Any, framework: str, backend_url: str) -> float:
     ready_path = importlib.import_module(f"frontbench_{framework}.cli").READY_PATH
     started = time.monotonic()
     with process:
-        # A page opened before the server answers can stay broken: Dash's
+        # A page opened before the server responds can stay broken, because Dash's
         # page does not fetch its layout again after a failed first try.
         process.wait_ready(url + ready_path, timeout=PAGE_TIMEOUT_MS / 1000)
         page = _open_page(browser, url)

@@ -206,7 +206,7 @@ def _shared_machine_warning(machine: dict[str, Any], cores: int) -> list[str]:
 
 
 # Established with strace and a TCP_QUICKACK client (see docs/loadtesting.md),
-# so the report can say where the Streamlit latency is spent.
+# so the report can state where the Streamlit latency is spent.
 STREAMLIT_LATENCY_NOTE = (
     "Streamlit latency: each rerun includes a delay of about 40-50 ms inside "
     "the Streamlit server, before the script runs. It is not a delayed-ACK "

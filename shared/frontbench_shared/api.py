@@ -1,7 +1,7 @@
 """The API contract between the backend and its clients.
 
 These pydantic models are the one definition of the HTTP API: the backend
-declares its responses with them, the client parses answers into them, and a
+declares its responses with them, the client parses responses into them, and a
 test compares them with the backend's OpenAPI schema.
 """
 
@@ -50,11 +50,11 @@ class Timings(_Model):
     )
     queue_ms: float = Field(ge=0, description="Waiting for a batch to be formed.")
     inference_ms: float = Field(ge=0, description="The forward pass of the batch.")
-    total_ms: float = Field(ge=0, description="From the request to the answer.")
+    total_ms: float = Field(ge=0, description="From the request to the response.")
 
 
 class Prediction(_Model):
-    """The answer of `POST /v1/predict`."""
+    """The response body of `POST /v1/predict`."""
 
     label: str = Field(description="The most probable label.")
     confidence: float = Field(ge=0, le=1, description="The probability of `label`.")
@@ -79,7 +79,7 @@ class BatchingInfo(_Model):
 
 
 class ModelInfo(_Model):
-    """The answer of `GET /v1/model`."""
+    """The response body of `GET /v1/model`."""
 
     name: str
     version: str

@@ -16,7 +16,7 @@ class BackendError(Exception):
     Attributes:
         message: The backend's own explanation, or the client's when the
             backend gave none.
-        status_code: The HTTP status, or None when no answer came.
+        status_code: The HTTP status, or None when no response came.
         kind: The error kind the backend reported, when it reported one.
         request_id: The `X-Request-ID` of the failed request, when known.
         url: The URL that was requested.
